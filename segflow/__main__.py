@@ -1,0 +1,3 @@
+from segflow.cli import cli
+
+cli()
