@@ -1,0 +1,144 @@
+"""make_dataset over real TFRecord shards: batch shapes, evaluation fidelity, seeds, counting."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segflow import data
+from segflow.cityscapes import IGNORE_LABEL
+from segflow.errors import SegflowError
+from segflow.records import shard_name
+from test_augment import random_example, serialize_example
+
+HEIGHT, WIDTH = 24, 48
+NUM_TRAIN, NUM_VAL = 5, 3
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+    """Two train shards and one val shard of random 24x48 examples; returns (folder, val labels)."""
+    folder = tmp_path_factory.mktemp("records")
+    val_labels = []
+    for split, count, num_shards in (("train", NUM_TRAIN, 2), ("val", NUM_VAL, 1)):
+        examples = [random_example(HEIGHT, WIDTH, seed=index + 100 * (split == "val")) for index in range(count)]
+        if split == "val":
+            val_labels = [label for _, label in examples]
+        for shard in range(num_shards):
+            with tf.io.TFRecordWriter(str(folder / shard_name(split, shard, num_shards))) as writer:
+                for index in range(shard, count, num_shards):
+                    writer.write(serialize_example(*examples[index], filename=f"{split}_{index}"))
+    return folder, val_labels
+
+
+def first_batches(dataset, count):
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset.take(count)]
+
+
+def test_training_batches_are_cropped_augmented_and_repeat(records_dir):
+    folder, _ = records_dir
+    dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=1)
+
+    assert dataset.element_spec[0].shape.as_list() == [2, 16, 32, 3]
+    assert dataset.element_spec[1].shape.as_list() == [2, 16, 32]
+    batches = first_batches(dataset, 6)  # 12 examples from 5: the data repeats
+    assert len(batches) == 6
+    for images, labels in batches:
+        assert images.dtype == np.float32 and images.shape == (2, 16, 32, 3)
+        assert labels.dtype == np.int32 and labels.shape == (2, 16, 32)
+        assert set(np.unique(labels)) <= {0, 10, 18, IGNORE_LABEL}
+
+
+def test_training_base_resize_scales_before_cropping(records_dir):
+    folder, _ = records_dir
+    dataset = data.make_dataset(
+        folder, "train", training=True, batch_size=2, crop_size=(12, 24), resize=(6, 12), scale_range=(1.0, 1.0)
+    )
+
+    _, labels = first_batches(dataset, 1)[0]
+
+    # A 6x12 image in a 12x24 crop: three quarters of every label is padding.
+    assert [(label == IGNORE_LABEL).sum() >= 12 * 24 - 6 * 12 for label in labels] == [True, True]
+
+
+def test_evaluation_yields_every_stored_label_once_at_full_resolution(records_dir):
+    folder, val_labels = records_dir
+    dataset = data.make_dataset(folder, "val", training=False, batch_size=2)
+
+    batches = first_batches(dataset, 10)
+
+    assert [labels.shape for _, labels in batches] == [(2, HEIGHT, WIDTH), (1, HEIGHT, WIDTH)]
+    labels = [label for _, batch_labels in batches for label in batch_labels]
+    for label, stored in zip(labels, val_labels):
+        np.testing.assert_array_equal(label, stored)
+    again = first_batches(data.make_dataset(folder, "val", training=False, batch_size=2), 10)
+    for (images, _), (images_again, _) in zip(batches, again):
+        np.testing.assert_array_equal(images, images_again)
+
+
+def test_evaluation_resize(records_dir):
+    folder, _ = records_dir
+    dataset = data.make_dataset(folder, "val", training=False, batch_size=3, resize=(12, 24))
+
+    images, labels = first_batches(dataset, 1)[0]
+
+    assert images.shape == (3, 12, 24, 3) and labels.shape == (3, 12, 24)
+
+
+def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
+    folder, _ = records_dir
+
+    def batches(seed):
+        dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=seed)
+        return first_batches(dataset, 4)
+
+    first, again, other = batches(3), batches(3), batches(4)
+
+    for (images, labels), (images_again, labels_again) in zip(first, again):
+        np.testing.assert_array_equal(images, images_again)
+        np.testing.assert_array_equal(labels, labels_again)
+    assert any(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
+
+
+def test_count_examples_reads_the_shards_or_trusts_the_manifest(records_dir, tmp_path):
+    folder, _ = records_dir
+    assert data.count_examples(folder, "train") == NUM_TRAIN
+    assert data.count_examples(folder, "val") == NUM_VAL
+
+    for path in folder.glob("*.tfrecord"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"num_examples": 2975}}}))
+    assert data.count_examples(tmp_path, "train") == 2975
+    assert data.count_examples(tmp_path, "val") == NUM_VAL
+
+
+def test_missing_shards_and_missing_arguments_raise_clear_errors(records_dir, tmp_path):
+    folder, _ = records_dir
+    with pytest.raises(SegflowError, match="no TFRecord shards match .*test-"):
+        data.make_dataset(folder, "test", training=False, batch_size=1)
+    with pytest.raises(SegflowError, match="name the split"):
+        data.make_dataset(folder, training=False, batch_size=1)
+    with pytest.raises(SegflowError, match="crop_size is required"):
+        data.make_dataset(folder, "train", training=True, batch_size=1)
+    with pytest.raises(SegflowError, match="batch_size"):
+        data.make_dataset(folder, "train", training=False, batch_size=0)
+
+
+def test_a_glob_pattern_selects_shards(records_dir):
+    folder, _ = records_dir
+    dataset = data.make_dataset(str(folder / "train-00001-*.tfrecord"), training=False, batch_size=8)
+
+    _, labels = first_batches(dataset, 1)[0]
+
+    assert labels.shape[0] == 2  # the second of two train shards holds examples 1 and 3
+
+
+def test_without_a_seed_each_dataset_draws_fresh_augmentation(records_dir):
+    folder, _ = records_dir
+
+    def labels():
+        dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=None)
+        return np.concatenate([batch_labels for _, batch_labels in first_batches(dataset, 3)])
+
+    assert not np.array_equal(labels(), labels())
