@@ -1,0 +1,242 @@
+"""Training parameters as one pydantic model: the CLI fills it, the Prefect flow shows it as its
+form, and a run saves it in `config.json` so a restarted run can check it is the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]
+ImageSize = tuple[int, int]
+
+
+def parse_image_size(text: str) -> ImageSize:
+    """`"512x1024"` → `(512, 1024)` (height × width)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match or 0 in (int(match[1]), int(match[2])):
+        raise ValueError(f"image size must look like HEIGHTxWIDTH, e.g. 512x1024; got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides what a training run computes (paths are not part of it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: Architecture = Field(description="Model architecture, a key of segflow.models.ARCHITECTURES.")
+    width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (1.0 = the paper's widths).")
+    image_size: ImageSize = Field(
+        (512, 1024),
+        description="HxW the images are resized to; the exported model takes this size, and evaluation "
+        "and prediction resize their inputs to it.",
+    )
+    crop_size: ImageSize | None = Field(
+        None, description="HxW of random training crops taken from the resized images; empty = whole images."
+    )
+    scale_range: tuple[float, float] = Field(
+        (0.5, 2.0), description="Training images are scaled by a random factor in (min, max) before cropping."
+    )
+    val_image_size: ImageSize | None = Field(
+        None, description="HxW for the per-epoch validation mIoU (smaller is faster); empty = image_size."
+    )
+    val_max_examples: int | None = Field(
+        None, ge=1, description="Score only this many val images at each epoch end; empty = all."
+    )
+    batch_size: int = Field(8, ge=1, description="Global batch size (split across GPUs when several are visible).")
+    epochs: int = Field(50, ge=1, description="Number of epochs.")
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Optimizer steps per epoch; empty = train examples // batch size."
+    )
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum 0.9, or AdamW.")
+    learning_rate: float = Field(0.01, gt=0, description="Peak learning rate, reached at the end of warmup.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0, description="Decoupled weight decay.")
+    warmup_steps: int = Field(
+        200, ge=0, description="Steps of linear warmup from 10 % of the peak rate (at most a fifth of the run)."
+    )
+    poly_power: float = Field(0.9, gt=0, description="Exponent of the poly decay after warmup.")
+    batchnorm_momentum: float | None = Field(
+        None, gt=0, lt=1, description="Momentum of the batch-norm moving statistics; empty = Keras' 0.99. "
+        "Lower (0.9) suits short runs, whose statistics would otherwise lag the weights.",
+    )
+    class_weights: bool = Field(
+        False, description="Weight the loss by class, 1 / ln(1.02 + frequency), from the manifest's pixel counts."
+    )
+    ohem: bool = Field(False, description="Online hard example mining: keep only the hard pixels in the loss.")
+    ohem_threshold: float = Field(0.7, gt=0, le=1, description="OHEM keeps pixels whose true-class probability is below this.")
+    ohem_min_kept: int = Field(100_000, ge=1, description="OHEM keeps at least this many pixels per batch.")
+    mixed_precision: bool = Field(False, description="Compute in float16 (keras mixed_float16 policy) with loss scaling.")
+    jit: bool = Field(False, description="Compile the train step with XLA (jit_compile).")
+    seed: int = Field(0, description="Seed for weights initialisation, shuffling and augmentation.")
+    checkpoint_every_steps: int = Field(
+        500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
+    )
+
+    @field_validator("image_size", "crop_size", "val_image_size", mode="before")
+    @classmethod
+    def _size_from_text(cls, value):
+        if isinstance(value, str):
+            return parse_image_size(value) if value.strip() else None
+        return value
+
+    @field_validator("image_size", "crop_size", "val_image_size")
+    @classmethod
+    def _positive_size(cls, value):
+        if value is not None and min(value) < 1:
+            raise ValueError(f"image sizes must be positive; got {value}")
+        return value
+
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered_scales(cls, value):
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _crop_fits(self):
+        if self.crop_size and (self.crop_size[0] > self.image_size[0] or self.crop_size[1] > self.image_size[1]):
+            raise ValueError(f"crop_size {self.crop_size} is larger than image_size {self.image_size}")
+        return self
+
+    @property
+    def train_size(self) -> ImageSize:
+        """The size of the training batches: the crop if there is one, else the whole image."""
+        return self.crop_size or self.image_size
+
+
+def train_config(config_file: str | os.PathLike | None = None, **values) -> TrainConfig:
+    """A TrainConfig from a JSON file of settings (e.g. a run's `config.json`) and/or keyword
+    values, which override the file's; None means "not given". An invalid value raises one
+    SegflowError naming the setting and the value (and the file)."""
+    from pydantic import ValidationError
+
+    from segflow.errors import SegflowError
+
+    settings = {}
+    if config_file is not None:
+        try:
+            settings = json.loads(Path(config_file).read_text())
+        except (OSError, ValueError) as error:
+            raise SegflowError(f"cannot read training settings from {config_file}: {error}") from None
+        if not isinstance(settings, dict):
+            raise SegflowError(f"{config_file} must hold a JSON object of training settings")
+    settings.update({key: value for key, value in values.items() if value is not None})
+    try:
+        return TrainConfig(**settings)
+    except ValidationError as error:
+        problems = "; ".join(_describe(problem) for problem in error.errors())
+        raise SegflowError(f"invalid training settings: {problems}") from None
+
+
+def _describe(problem: dict) -> str:
+    if not problem["loc"]:  # a rule across settings: its message names them
+        return problem["msg"].removeprefix("Value error, ")
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "missing":
+        return f"{problem['loc'][0]}: required"
+    value = problem.get("input")
+    return f"{problem['loc'][0]}: {message}" + ("" if str(value) in message else f" (got {value!r})")
+
+
+# === The pipeline's form ===
+
+DEFAULT_ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
+
+
+class PipelineParams(BaseModel):
+    """The parameters of one pipeline run; the Prefect UI shows them as a form.
+
+    Defaults are for a real Cityscapes run on one GPU; `demo_params()` shrinks them for a CPU.
+    Credentials are never parameters: they come from the environment or Prefect blocks.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    architectures: list[Architecture] = Field(
+        list(DEFAULT_ARCHITECTURES), min_length=1, description="Architectures to train, each as its own task."
+    )
+    source: str = Field(
+        "cityscapes",
+        description="Where the data comes from: 'cityscapes' (the official site; credentials from "
+        "CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD or the 'cityscapes-credentials' Secret block), "
+        "'synthetic' (generated Cityscapes-format data), s3://bucket/prefix/ holding the zips, "
+        "a local folder, file:// or https:// URL.",
+    )
+    synthetic_images: tuple[int, int] = Field(
+        (16, 6), description="With source 'synthetic': number of train and val images."
+    )
+    synthetic_size: ImageSize = Field((128, 256), description="With source 'synthetic': HxW of the generated images.")
+    image_size: ImageSize = Field((512, 1024), description="HxW the models train and evaluate at.")
+    crop_size: ImageSize | None = Field(None, description="HxW of random training crops; empty = whole images.")
+    width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (1.0 = the papers' widths).")
+    epochs: int = Field(50, ge=1, description="Epochs per architecture.")
+    steps_per_epoch: int | None = Field(None, ge=1, description="Steps per epoch; empty = one pass over the data.")
+    batch_size: int = Field(8, ge=1, description="Global batch size.")
+    learning_rate: float = Field(0.01, gt=0, description="Peak learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum 0.9, or AdamW.")
+    mixed_precision: bool = Field(False, description="Train in mixed_float16 (GPUs with tensor cores).")
+    checkpoint_every_steps: int = Field(500, ge=1, description="Checkpoint every N steps (and at each epoch end).")
+    seed: int = Field(0, description="Seed for data generation, initialisation and augmentation.")
+    max_parallel_training: int = Field(
+        1, ge=1, le=16, description="Architectures trained at the same time on this worker (one per GPU)."
+    )
+    training_deployment: str | None = Field(
+        None,
+        description="Run each training as this deployment (e.g. 'train-architecture/gpu') on a GPU work pool "
+        "instead of in this flow run's worker; needs an s3:// results URI.",
+    )
+    results_uri: str = Field(
+        "segflow-results", description="Where results are published: a local folder or s3://bucket/prefix."
+    )
+    work_dir: str = Field("segflow-work", description="Local folder for downloads, records and training state.")
+    promote_champions: bool = Field(True, description="Move an architecture's champion pointer when its val mIoU improves.")
+
+    @field_validator("image_size", "crop_size", "synthetic_size", mode="before")
+    @classmethod
+    def _size_from_text(cls, value):
+        if isinstance(value, str):
+            return parse_image_size(value) if value.strip() else None
+        return value
+
+    def train_config(self, architecture: str) -> TrainConfig:
+        """The TrainConfig of one architecture in this run."""
+        return TrainConfig(
+            architecture=architecture,
+            width=self.width,
+            image_size=self.image_size,
+            crop_size=self.crop_size,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            mixed_precision=self.mixed_precision,
+            checkpoint_every_steps=self.checkpoint_every_steps,
+            seed=self.seed,
+        )
+
+
+def demo_params(**overrides) -> PipelineParams:
+    """Tiny settings that run all five architectures on synthetic data in minutes on a CPU."""
+    values = dict(
+        source="synthetic",
+        synthetic_images=(16, 4),
+        synthetic_size=(64, 128),
+        image_size=(64, 128),
+        width=0.125,
+        epochs=2,
+        steps_per_epoch=8,
+        batch_size=4,
+        learning_rate=0.01,
+        optimizer="adamw",
+        checkpoint_every_steps=4,
+    )
+    return PipelineParams(**{**values, **overrides})

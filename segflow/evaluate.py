@@ -1,0 +1,159 @@
+"""Evaluate a trained model on a split of the TFRecords: the official Cityscapes class and category
+IoU from a streaming confusion matrix, plus speed, parameters and FLOPs, into `metrics.json`.
+
+Scoring happens at full label resolution: each image is resized (bilinear) to the model's input
+size, and the logits are resized (bilinear) back to the label's size before the argmax, so a model
+trained on smaller images is judged on every labelled pixel. `segflow predict` uses the same
+`predict_train_ids`, which is why its labelIds PNGs score the same mIoU under
+`segflow evaluate --predictions`. iIoU needs instance ids, which the records do not hold: score
+`segflow predict` output with `segflow evaluate --predictions` for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from segflow.errors import SegflowError
+
+METRICS_FILE = "metrics.json"
+LATENCY_RUNS = 20
+
+
+def load_model(path: str | os.PathLike):
+    """A `.keras` model saved by `segflow train`; a training output folder means its model.keras."""
+    import keras
+
+    from segflow import losses, models, schedules  # noqa: F401  (registers the custom objects)
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise SegflowError(f"model file {path} does not exist")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError) as error:
+        raise SegflowError(f"could not load the model {path}: {error}") from error
+
+
+def model_input_size(model) -> tuple[int, int] | None:
+    """(height, width) the model takes, or None if it takes any size."""
+    height, width = model.input_shape[1:3]
+    return (height, width) if height and width else None
+
+
+def make_predictor(model):
+    """A compiled function `(images [B, H, W, 3] normalised, output_size) -> trainIds [B, h, w]`:
+    images resized to the model's input size, logits resized to `output_size`, then argmax."""
+    import tensorflow as tf
+
+    input_size = model_input_size(model)
+
+    @tf.function(reduce_retracing=True)
+    def predict(images, output_size):
+        if input_size is not None:
+            images = tf.image.resize(images, input_size, method="bilinear")
+        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = tf.image.resize(logits, output_size, method="bilinear")
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def predict_train_ids(images, output_size=None):
+        images = tf.convert_to_tensor(images, tf.float32)
+        size = tf.constant(output_size or tuple(images.shape[1:3]), tf.int32)
+        return predict(images, size).numpy()
+
+    return predict_train_ids
+
+
+def confusion_matrix(model, dataset, predictor=None):
+    """Stream `(images, labels)` batches through the model into a `segflow.metrics.ConfusionMatrix`
+    at the labels' resolution."""
+    from segflow.metrics import ConfusionMatrix
+
+    predictor = predictor or make_predictor(model)
+    matrix = ConfusionMatrix()
+    for images, labels in dataset:
+        matrix.update(labels.numpy(), predictor(images, tuple(labels.shape[1:3])))
+    return matrix
+
+
+def evaluate_model(
+    model_path: str | os.PathLike,
+    records_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "val",
+    batch_size: int = 1,
+) -> dict:
+    """Score `model_path` on `split` of `records_dir`; write and return `out_dir/metrics.json`.
+
+    Keys: those of `segflow.metrics.summarize` (`miou`, `class_iou`, `category_miou`,
+    `category_iou`, `pixel_accuracy`), `confusion_matrix` (rows: ground-truth trainId, columns:
+    predicted), `num_images`, and `speed`: `images_per_second` (model + resizes + argmax, data
+    loading excluded), `end_to_end_images_per_second`, `latency_ms_p50`/`p95` (batch 1 at the
+    evaluated resolution), `input_size`, `evaluated_size`, `params`, `gflops` (per image at the
+    model's input size; convolutions and dense layers, 2 FLOPs per multiply-add).
+    """
+    from segflow import data
+    from segflow.metrics import ConfusionMatrix, summarize, write_metrics
+    from segflow.models.complexity import gflops
+
+    model = load_model(model_path)
+    if not Path(records_dir).is_dir():
+        raise SegflowError(f"records folder {records_dir} does not exist")
+    dataset = data.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
+    predictor = make_predictor(model)
+
+    matrix, num_images, model_seconds = ConfusionMatrix(), 0, 0.0
+    first_images = None
+    started = time.perf_counter()
+    for images, labels in dataset:
+        size = tuple(labels.shape[1:3])
+        if first_images is None:
+            first_images = images[:1]
+            predictor(first_images, size)  # trace outside the timing
+        before = time.perf_counter()
+        predictions = predictor(images, size)
+        model_seconds += time.perf_counter() - before
+        matrix.update(labels.numpy(), predictions)
+        num_images += int(images.shape[0])
+    total_seconds = time.perf_counter() - started
+    if num_images == 0:
+        raise SegflowError(f"{records_dir} has no {split} examples")
+
+    latencies = _latencies_ms(predictor, first_images, tuple(first_images.shape[1:3]))
+    metrics = {
+        **summarize(matrix.counts),
+        "confusion_matrix": matrix.counts.tolist(),
+        "num_images": num_images,
+        "split": split,
+        "model": str(model_path),
+        "speed": {
+            "images_per_second": num_images / model_seconds,
+            "end_to_end_images_per_second": num_images / total_seconds,
+            "latency_ms_p50": float(np.percentile(latencies, 50)),
+            "latency_ms_p95": float(np.percentile(latencies, 95)),
+            "batch_size": batch_size,
+            "input_size": list(model_input_size(model) or first_images.shape[1:3]),
+            "evaluated_size": list(first_images.shape[1:3]),
+        },
+        "params": int(model.count_params()),
+        "gflops": gflops(model),
+    }
+    write_metrics(metrics, Path(out_dir) / METRICS_FILE)
+    return metrics
+
+
+def _latencies_ms(predictor, image, output_size, runs: int = LATENCY_RUNS) -> np.ndarray:
+    predictor(image, output_size)
+    latencies = []
+    for _ in range(runs):
+        before = time.perf_counter()
+        predictor(image, output_size)
+        latencies.append((time.perf_counter() - before) * 1000)
+    return np.asarray(latencies)
+

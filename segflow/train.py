@@ -1,0 +1,458 @@
+"""Train a segmentation model with Keras `fit`, resumably, and export it for inference and serving.
+
+A run lives in one output folder:
+
+    config.json        the TrainConfig; a restart with other settings is refused
+    history.json       one entry per finished epoch: loss, val mIoU, images/s, wall time
+    tensorboard/       TensorBoard logs
+    checkpoints/       step-NNNNNNNNN/ (the latest two) and best/ (highest val mIoU)
+    model.keras        the final model, single output at `image_size`, float32
+    saved_model/       the same model as a TF SavedModel (`serve` endpoint) for TF Serving
+
+Restarting with the same folder resumes from the latest checkpoint: weights, optimizer state
+(momentum, step count) and the learning-rate schedule continue exactly, an interrupted epoch is
+finished with only its remaining steps, so the run ends after the same number of optimizer steps
+as an uninterrupted one. The data stream is not replayed: a resumed run draws a fresh shuffle
+and augmentation seeded by (seed, step), so it sees different (equally random) batches.
+
+The model trains at `crop_size` (or `image_size`); validation and export use fresh models at
+their own sizes that receive the trained weights by layer name. `model.keras` holds the final
+weights; the best epoch's are in `checkpoints/best/`. The per-epoch val mIoU is computed at
+`val_image_size` (labels resized nearest) for speed; `segflow evaluate` scores at full resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import keras
+import numpy as np
+
+from segflow import checkpoints
+from segflow.config import TrainConfig
+from segflow.errors import SegflowError
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+KEEP_STEP_CHECKPOINTS = 2
+
+
+class TrainResult(NamedTuple):
+    out_dir: Path
+    model_path: Path
+    saved_model_dir: Path
+    history: list[dict]
+    steps: int  # optimizer steps of the whole run
+    resumed_from_step: int  # 0 for a fresh run
+    best_val_miou: float | None
+
+
+def train(
+    config: TrainConfig,
+    records_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    strategy=None,
+    verbose: int = 2,
+) -> TrainResult:
+    """Train `config.architecture` on the `train` split of `records_dir`, scoring on `val` each epoch.
+
+    Args:
+        config: what to train and how.
+        records_dir: a folder of `{split}-*.tfrecord` shards from `segflow convert`.
+        out_dir: the run folder (see the module docstring); reused to resume.
+        strategy: a `tf.distribute.Strategy`; default: MirroredStrategy over all GPUs if several
+            are visible, else the default (single device) strategy.
+        verbose: Keras `fit` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
+    """
+    from segflow import data
+
+    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    if not records_dir.is_dir():
+        raise SegflowError(f"records folder {records_dir} does not exist")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    latest = checkpoints.latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    _check_same_run(config, out_dir / CONFIG_FILE, resuming=latest is not None)
+
+    num_train = data.count_examples(records_dir, "train")
+    steps_per_epoch = config.steps_per_epoch or num_train // config.batch_size
+    if steps_per_epoch < 1:
+        raise SegflowError(f"{records_dir} has {num_train} train examples, fewer than one batch of {config.batch_size}")
+    total_steps = steps_per_epoch * config.epochs
+    strategy = strategy or default_strategy()
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise SegflowError(
+            f"batch size {config.batch_size} does not split evenly over {strategy.num_replicas_in_sync} devices"
+        )
+    start_step = latest[1]["step"] if latest else 0
+
+    keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        with strategy.scope():
+            model = build_training_model(config, records_dir, total_steps)
+            if latest:
+                checkpoints.restore_checkpoint(model, latest[0])
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    if start_step < total_steps:
+        _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose)
+    # The exported model: float32, single output, at the full image size.
+    export_model = build_inference_model(config, config.image_size)
+    copy_weights(model, export_model)
+    model_path, saved_model_dir = export(export_model, out_dir)
+
+    best_dir = out_dir / CHECKPOINT_DIR / checkpoints.BEST_DIR
+    best_miou = checkpoints.read_state(best_dir)["val_miou"] if best_dir.is_dir() else None
+    return TrainResult(out_dir, model_path, saved_model_dir, read_history(out_dir), total_steps, start_step, best_miou)
+
+
+def default_strategy():
+    """MirroredStrategy when several GPUs are visible, else TF's default single-device strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+
+
+def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int) -> keras.Model:
+    """The model at the training size, compiled with loss(es), optimizer and schedule."""
+    from segflow import models
+    from segflow.losses import SegmentationCrossEntropy
+    from segflow.schedules import PolyWarmup
+
+    loss_weights = models.LOSS_WEIGHTS.get(config.architecture)
+    model = models.build(
+        config.architecture,
+        input_shape=(*config.train_size, 3),
+        width=config.width,
+        aux_outputs=loss_weights is not None,
+    )
+    if config.batchnorm_momentum is not None:
+        for layer in _all_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = config.batchnorm_momentum
+    class_weights = _class_weights(records_dir) if config.class_weights else None
+    loss = SegmentationCrossEntropy(
+        class_weights=class_weights,
+        ohem_threshold=config.ohem_threshold if config.ohem else None,
+        ohem_min_kept=config.ohem_min_kept,
+    )
+    schedule = PolyWarmup(
+        config.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=min(config.warmup_steps, total_steps // 5),
+        power=config.poly_power,
+    )
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+    # Decay only kernels: biases and normalisation scales/offsets are not regularised.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(
+        optimizer=optimizer,
+        loss=[loss] * len(loss_weights) if loss_weights else loss,
+        loss_weights=list(loss_weights) if loss_weights else None,
+        jit_compile=config.jit,
+    )
+    return model
+
+
+def build_inference_model(config: TrainConfig, image_size: tuple[int, int]) -> keras.Model:
+    """A fresh float32, single-output model of the run's architecture at `image_size`."""
+    from segflow import models
+
+    return models.build(config.architecture, input_shape=(*image_size, 3), width=config.width)
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Copy the weights of every layer of `target` from the layer of the same name in `source`.
+
+    The layers' weights do not depend on the input size, so this moves a model trained on crops
+    to the full image size, and drops auxiliary heads (present only in `source`).
+    """
+    source_layers = {layer.name: layer for layer in _all_layers(source)}
+    for layer in _all_layers(target):
+        if not layer.weights:
+            continue
+        if layer.name not in source_layers:
+            raise SegflowError(f"layer {layer.name!r} of {target.name} has no namesake in {source.name}")
+        layer.set_weights(source_layers[layer.name].get_weights())
+
+
+def _all_layers(model: keras.Model):
+    """Leaf layers, looking inside nested models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
+    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/`, each atomically."""
+    model_path = out_dir / MODEL_FILE
+    descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".keras")
+    os.close(descriptor)
+    try:
+        model.save(temporary)
+        os.replace(temporary, model_path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+    saved_model_dir = out_dir / SAVED_MODEL_DIR
+    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".saved_model."))
+    try:
+        model.export(staging / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
+        if saved_model_dir.exists():
+            os.replace(saved_model_dir, staging / "previous")
+        os.replace(staging / SAVED_MODEL_DIR, saved_model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return model_path, saved_model_dir
+
+
+def read_history(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / HISTORY_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+# === Fit ===
+
+
+def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose) -> None:
+    """Run the remaining steps: first the rest of an interrupted epoch, then the whole epochs."""
+    from segflow import data
+
+    num_outputs = len(model.outputs)
+
+    def train_data(first_step: int):
+        """The augmented stream from `first_step` on: seeded by it, so the batches of a resumed
+        run differ from those it already trained on."""
+        batches = data.make_dataset(
+            records_dir,
+            split="train",
+            training=True,
+            batch_size=config.batch_size,
+            crop_size=config.train_size,
+            resize=config.image_size,
+            scale_range=config.scale_range,
+            seed=config.seed + first_step,
+        )
+        if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
+            batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))
+        return batches
+
+    val_data = data.make_dataset(
+        records_dir,
+        split="val",
+        training=False,
+        batch_size=config.batch_size,
+        resize=config.val_image_size or config.image_size,
+    )
+    if config.val_max_examples:
+        val_data = val_data.unbatch().take(config.val_max_examples).batch(config.batch_size)
+
+    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    best_dir = checkpoint_dir / checkpoints.BEST_DIR
+    best_miou = checkpoints.read_state(best_dir)["val_miou"] if best_dir.is_dir() else None
+    val_model = build_inference_model(config, config.val_image_size or config.image_size)
+    callbacks = [
+        ValidationMIoU(val_model, val_data),
+        HistoryWriter(out_dir / HISTORY_FILE, config.batch_size),
+        StepCheckpointer(checkpoint_dir, config.checkpoint_every_steps, start_step, steps_per_epoch, best_miou),
+        keras.callbacks.TensorBoard(str(out_dir / TENSORBOARD_DIR)),
+    ]
+    first_epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
+    if done_in_epoch:  # finish the interrupted epoch with its remaining steps only
+        model.fit(
+            train_data(start_step),
+            initial_epoch=first_epoch,
+            epochs=first_epoch + 1,
+            steps_per_epoch=steps_per_epoch - done_in_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        first_epoch += 1
+    if first_epoch < config.epochs:
+        model.fit(
+            train_data(first_epoch * steps_per_epoch),
+            initial_epoch=first_epoch,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+
+
+class ValidationMIoU(keras.callbacks.Callback):
+    """At each epoch end: copy the weights into the validation model, score the val split with
+    `segflow.metrics`, and add `val_miou` and `val_pixel_accuracy` to the epoch's logs."""
+
+    def __init__(self, val_model: keras.Model, val_data):
+        from segflow.evaluate import make_predictor
+
+        super().__init__()
+        self.val_model = val_model
+        self.val_data = val_data
+        self.predictor = make_predictor(val_model)  # traced once, reused every epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        from segflow.evaluate import confusion_matrix
+        from segflow.metrics import summarize
+
+        started = time.perf_counter()
+        copy_weights(self.model, self.val_model)
+        scores = summarize(confusion_matrix(self.val_model, self.val_data, self.predictor).counts)
+        logs["val_miou"] = scores["miou"] or 0.0
+        logs["val_pixel_accuracy"] = scores["pixel_accuracy"] or 0.0
+        logs["val_seconds"] = time.perf_counter() - started
+
+
+class HistoryWriter(keras.callbacks.Callback):
+    """Keeps `history.json` (one entry per epoch, rewritten atomically) across restarts: an epoch
+    trained again after an interruption replaces its earlier entry."""
+
+    def __init__(self, path: Path, batch_size: int):
+        super().__init__()
+        self.path = path
+        self.batch_size = batch_size
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.perf_counter()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.last_batch_ended = time.perf_counter()
+        if self.steps == 1:
+            self.first_batch_ended = self.last_batch_ended
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        # Images/s over steps 2..n: the first step of a `fit` call includes tracing the graph.
+        if self.steps > 1:
+            seconds, images = self.last_batch_ended - self.first_batch_ended, (self.steps - 1) * self.batch_size
+        else:
+            seconds, images = self.last_batch_ended - self.epoch_started, self.batch_size
+        entry = {
+            "epoch": epoch + 1,
+            "step": _optimizer_steps(self.model),
+            "loss": float(logs["loss"]),
+            "val_miou": logs.get("val_miou"),
+            "val_pixel_accuracy": logs.get("val_pixel_accuracy"),
+            "learning_rate": logs["learning_rate"],
+            "images_per_second": images / seconds,
+            "wall_time_s": time.perf_counter() - self.epoch_started,
+            # Fewer than steps_per_epoch when this epoch was resumed after an interruption.
+            "steps_this_session": self.steps,
+        }
+        history = [item for item in read_history(self.path.parent) if item["epoch"] < entry["epoch"]]
+        _write_json_atomically(self.path, [*history, entry])
+
+
+class StepCheckpointer(keras.callbacks.Callback):
+    """Saves a resumable checkpoint every `every_steps` steps and at each epoch end, and the
+    weights with the best `val_miou` so far in `best/`."""
+
+    def __init__(self, directory: Path, every_steps: int, start_step: int, steps_per_epoch: int, best_miou):
+        super().__init__()
+        self.directory = directory
+        self.every_steps = every_steps
+        self.step = start_step
+        self.steps_per_epoch = steps_per_epoch
+        self.best_miou = best_miou
+        self.saved_step = start_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every_steps == 0:
+            self._save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.saved_step != self.step:
+            self._save()
+        miou = (logs or {}).get("val_miou")
+        if miou is not None and (self.best_miou is None or miou > self.best_miou):
+            self.best_miou = miou
+            checkpoints.save_checkpoint(
+                self.model, self.directory, checkpoints.BEST_DIR, {**self._state(), "val_miou": miou}
+            )
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "optimizer_iterations": _optimizer_steps(self.model),
+        }
+
+    def _save(self):
+        checkpoints.save_checkpoint(
+            self.model, self.directory, checkpoints.step_checkpoint_name(self.step), self._state()
+        )
+        checkpoints.prune_step_checkpoints(self.directory, KEEP_STEP_CHECKPOINTS)
+        self.saved_step = self.step
+
+
+# === Helpers ===
+
+
+def _optimizer_steps(model: keras.Model) -> int:
+    """Steps the optimizer has applied (under a distribution strategy, its mirrored counter)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+
+
+def _check_same_run(config: TrainConfig, path: Path, resuming: bool) -> None:
+    """Refuse to resume a run's checkpoint with other settings; otherwise record the settings."""
+    current = json.loads(config.model_dump_json())
+    if resuming and path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+        if changed:
+            details = ", ".join(f"{key}: {saved.get(key)!r} → {current.get(key)!r}" for key in changed)
+            raise SegflowError(
+                f"{path.parent} holds a run with other settings ({details}); "
+                "resume with the same settings or choose a new --out folder"
+            )
+    _write_json_atomically(path, current)
+
+
+def _class_weights(records_dir: Path) -> np.ndarray:
+    """ENet weights from the train split's class pixel counts in the records' manifest."""
+    from segflow.cityscapes import CLASS_NAMES
+    from segflow.convert import read_manifest
+    from segflow.losses import class_weights_from_pixel_counts
+
+    manifest = read_manifest(records_dir)
+    if manifest is None or "train" not in manifest.get("splits", {}):
+        raise SegflowError(f"{records_dir} has no manifest.json with train class pixels, which class weights need")
+    class_pixels = manifest["splits"]["train"]["class_pixels"]
+    return class_weights_from_pixel_counts([class_pixels[name] for name in CLASS_NAMES])
+
+
+def _write_json_atomically(path: Path, value) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(value, file, indent=2)
+            file.write("\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

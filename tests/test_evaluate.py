@@ -1,0 +1,104 @@
+"""`segflow evaluate --model`: official IoU from a confusion matrix at full label resolution."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from training_run import synthetic_records, trained_run
+
+from segflow.cityscapes import CLASS_NAMES, CATEGORY_NAMES, LABEL_DIR, LABEL_IDS_SUFFIX, to_train_ids
+from segflow.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return synthetic_records(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def metrics(trained, dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    result = CliRunner().invoke(cli, ["evaluate", "--model", str(trained.model_path), "--records", str(dataset[1]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "mIoU" in result.output
+    return json.loads((out / "metrics.json").read_text())
+
+
+def _ground_truth_train_ids(cityscapes_root, split="val"):
+    """The split's labels read straight from the gtFine labelIds PNGs, not from the records."""
+    paths = sorted((cityscapes_root / LABEL_DIR / split).rglob(f"*{LABEL_IDS_SUFFIX}"))
+    return [to_train_ids(np.asarray(Image.open(path))) for path in paths]
+
+
+def test_the_confusion_matrix_counts_every_labelled_pixel_of_the_split(metrics, dataset):
+    labels = _ground_truth_train_ids(dataset[0])
+    confusion = np.array(metrics["confusion_matrix"])
+    assert confusion.shape == (19, 19)
+    assert metrics["num_images"] == len(labels) == 4
+    expected_rows = np.bincount(np.concatenate([label[label < 19] for label in labels]), minlength=19)
+    np.testing.assert_array_equal(confusion.sum(axis=1), expected_rows)
+
+
+def test_iou_and_accuracy_follow_from_the_confusion_matrix(metrics):
+    confusion = np.array(metrics["confusion_matrix"], dtype=np.float64)
+    true_positives = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - true_positives
+    present = union > 0
+    iou = np.where(present, true_positives / np.where(present, union, 1), np.nan)
+    assert list(metrics["class_iou"]) == list(CLASS_NAMES)
+    for name, value in zip(CLASS_NAMES, iou):
+        assert (metrics["class_iou"][name] is None) if np.isnan(value) else metrics["class_iou"][name] == pytest.approx(value)
+    assert metrics["miou"] == pytest.approx(np.nanmean(iou), abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(true_positives.sum() / confusion.sum())
+    assert list(metrics["category_iou"]) == list(CATEGORY_NAMES)
+    assert 0 < metrics["category_miou"] <= 1
+
+
+def test_the_exported_model_scores_what_training_reported_for_its_last_epoch(metrics, trained):
+    # Same weights, same val images at the same size: only batch composition differs.
+    assert metrics["miou"] == pytest.approx(trained.history[-1]["val_miou"], abs=2e-3)
+
+
+def test_speed_parameters_and_flops_are_reported(metrics, trained):
+    from segflow.evaluate import load_model
+    from segflow.models.complexity import gflops
+
+    model = load_model(trained.model_path)
+    speed = metrics["speed"]
+    assert speed["images_per_second"] > 0 and speed["end_to_end_images_per_second"] > 0
+    assert 0 < speed["latency_ms_p50"] <= speed["latency_ms_p95"]
+    assert speed["input_size"] == speed["evaluated_size"] == [64, 128]
+    assert metrics["params"] == model.count_params()
+    assert metrics["gflops"] == pytest.approx(gflops(model)) and metrics["gflops"] > 0
+
+
+def test_a_model_is_scored_at_the_label_resolution_of_larger_images(trained, tmp_path):
+    """Records at 128x256 and a model taking 64x128: logits are resized up to the labels."""
+    from segflow.convert import convert
+    from segflow.evaluate import evaluate_model
+    from segflow.synthetic import write_dataset
+
+    root = write_dataset(tmp_path / "cityscapes", train=0, val=2, test=0, height=128, width=256)
+    convert(root, tmp_path / "records", splits=("val",), progress=False)
+    metrics = evaluate_model(trained.model_path, tmp_path / "records", tmp_path / "out")
+    labels = _ground_truth_train_ids(root)
+    assert np.array(metrics["confusion_matrix"]).sum() == sum(int((label < 19).sum()) for label in labels)
+    assert metrics["speed"]["evaluated_size"] == [128, 256] and metrics["speed"]["input_size"] == [64, 128]
+    assert metrics["miou"] > 0.05  # the model still recognises the scenes at twice the size
+
+
+def test_a_missing_model_is_one_clear_error(dataset, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["evaluate", "--model", str(tmp_path / "nope.keras"), "--records", str(dataset[1]), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: model file {tmp_path / 'nope.keras'} does not exist"
