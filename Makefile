@@ -3,22 +3,29 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-jax clean
+.PHONY: setup system-packages demo test clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,dev,notebook]'
 	touch $@
+
+# The tests take screenshots of the report and the Prefect UI with Debian's headless Chromium.
+system-packages:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "make test needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 demo: setup
 	$(BIN)/segflow demo
 
-test: setup
+test: setup system-packages
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/models -q
 

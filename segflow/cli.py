@@ -6,6 +6,9 @@ steps start without loading TensorFlow.
 
 from __future__ import annotations
 
+import typing
+from pathlib import Path
+
 import click
 
 from segflow.errors import SegflowError
@@ -28,3 +31,293 @@ def cli():
 
 
 # Commands are added below, one section per pipeline step, in pipeline order.
+
+
+# --- download ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--source", default="cityscapes", show_default=True,
+              help="cityscapes (the website; CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD), cityscapes+http://HOST,"
+                   " s3://bucket/prefix/, https://host/folder/, file:///folder or a local folder.")
+@click.option("--downloads", "downloads_dir", default="downloads", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the downloaded zips.")
+@click.option("--package", "packages", multiple=True,
+              help="Package to fetch (repeatable).  [default: gtFine_trainvaltest.zip, leftImg8bit_trainvaltest.zip]")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Also extract into this Cityscapes folder (checked, then moved into place).")
+def download(source, downloads_dir, packages, data_root):
+    """Download the Cityscapes packages (resumable, MD5-checked) and optionally extract them.
+
+    Example: segflow download --source cityscapes --data-root data/cityscapes
+    """
+    from segflow.cityscapes import PACKAGES
+    from segflow.download import fetch_packages
+
+    zips = fetch_packages(source, downloads_dir, packages or PACKAGES)
+    click.echo("\n".join(str(path) for path in zips))
+    if data_root:
+        from segflow.extract import extract
+
+        click.echo(f"dataset ready at {extract(zips, data_root)}")
+
+
+# --- convert -------------------------------------------------------------------------------
+@cli.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Cityscapes folder holding leftImg8bit/ and gtFine/.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the TFRecords and manifest.json (replaced as a whole).")
+@click.option("--splits", default="train,val,test", show_default=True, help="Comma-separated splits.")
+@click.option("--shards", type=click.IntRange(min=1), help="Shards per split.  [default: about 128 MiB each]")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes.  [default: one per core]")
+def convert(data_dir, out_dir, splits, shards, workers):
+    """Check the dataset and write TFRecords of images and trainId labels; does nothing if up to date.
+
+    Example: segflow convert --data data/cityscapes --out data/records
+    """
+    from segflow.convert import convert as convert_dataset
+    from segflow.convert import summary
+
+    split_names = tuple(name.strip() for name in splits.split(",") if name.strip())
+    manifest = convert_dataset(data_dir, out_dir, splits=split_names, num_shards=shards, workers=workers)
+    click.echo(summary(manifest, out_dir))
+
+
+# --- evaluate ------------------------------------------------------------------------------
+@cli.command()
+@click.option("--predictions", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of labelIds PNGs in the Cityscapes submission format (searched recursively).")
+@click.option("--ground-truth", type=click.Path(file_okay=False, path_type=Path),
+              help="Cityscapes root holding gtFine/.")
+@click.option("--split", default="val", show_default=True, help="Ground-truth split to score.")
+@click.option("--workers", default=1, show_default=True, help="Threads reading and counting images.")
+@click.option("--model", type=click.Path(path_type=Path), help="Exported model to evaluate (with --records).")
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), help="TFRecords folder (with --model).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="metrics.json to write (with --predictions); output folder (with --model).")
+def evaluate(predictions, ground_truth, split, workers, model, records, out):
+    """Score predictions with the official Cityscapes metrics (IoU, iIoU, categories).
+
+    Either --predictions with --ground-truth, or --model with --records.
+
+    Example: segflow evaluate --predictions preds/ --ground-truth data/cityscapes --split val --out metrics.json
+    """
+    if (predictions or ground_truth) and (model or records):
+        raise click.UsageError("use either --predictions/--ground-truth or --model/--records, not both")
+    if model or records:
+        if not (model and records):
+            raise click.UsageError("--model and --records are both required (or --predictions with --ground-truth)")
+        from segflow.evaluate import evaluate_model
+
+        metrics = evaluate_model(model, records, out, split=split)
+        click.echo(f"{out / 'metrics.json'}: mIoU {metrics['miou']} over {metrics['num_images']} {split} images")
+        return
+    if not (predictions and ground_truth):
+        raise click.UsageError("--predictions and --ground-truth are both required (or --model with --records)")
+    from segflow.metrics import write_metrics
+    from segflow.scoring import score_folder
+
+    metrics = score_folder(predictions, ground_truth, split=split, workers=workers)
+    write_metrics(metrics, out)
+    click.echo(f"{out}: mIoU {metrics['miou']}, iIoU {metrics['mean_iiou']} over {metrics['num_images']} images")
+
+
+# --- train ---------------------------------------------------------------------------------
+from segflow.config import Architecture, train_config  # noqa: E402  (pydantic only, no TensorFlow)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON file of training settings (e.g. a run's config.json); options below override it.")
+@click.option("--arch", "architecture", type=click.Choice(typing.get_args(Architecture)),
+              help="Architecture (required unless --config gives it).")
+@click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="TFRecords folder from `segflow convert`.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
+@click.option("--width", type=float, help="Channel width multiplier.  [default: 1.0]")
+@click.option("--image-size", help="HxW images are resized to; the exported model's input.  [default: 512x1024]")
+@click.option("--crop-size", help="HxW random training crops.  [default: whole images]")
+@click.option("--val-image-size", help="HxW for the per-epoch val mIoU.  [default: image size]")
+@click.option("--val-max-examples", type=int, help="Val images scored per epoch.  [default: all]")
+@click.option("--batch-size", type=int, help="Global batch size.  [default: 8]")
+@click.option("--epochs", type=int, help="Epochs.  [default: 50]")
+@click.option("--steps-per-epoch", type=int, help="Steps per epoch.  [default: train examples // batch size]")
+@click.option("--lr", "learning_rate", type=float, help="Peak learning rate.  [default: 0.01]")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="SGD (momentum 0.9) or AdamW.  [default: sgd]")
+@click.option("--warmup-steps", type=int, help="Linear warmup steps.  [default: 200]")
+@click.option("--weight-decay", type=float, help="Decoupled weight decay.  [default: 1e-4]")
+@click.option("--scale-range", type=(float, float), help="Random scale MIN MAX before cropping.  [default: 0.5 2.0]")
+@click.option("--batchnorm-momentum", type=float, help="Batch-norm moving-average momentum.  [default: 0.99]")
+@click.option("--class-weights/--no-class-weights", default=None, help="ENet class weights from the manifest.")
+@click.option("--ohem/--no-ohem", default=None, help="Online hard example mining.")
+@click.option("--mixed-precision/--no-mixed-precision", default=None, help="mixed_float16 compute.")
+@click.option("--jit/--no-jit", default=None, help="XLA-compile the train step.")
+@click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
+@click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
+def train(config_file, records, out, quiet, **settings):
+    """Train a model on the records; rerun with the same --out to resume after an interruption.
+
+    Example: segflow train --arch unet --records records/ --out runs/unet --image-size 256x512 --epochs 20
+    """
+    config = train_config(config_file, **settings)  # checked before TensorFlow loads
+    from segflow.train import train as train_model
+
+    result = train_model(config, records, out, verbose=0 if quiet else 2)
+    resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
+    click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+
+
+# --- predict -------------------------------------------------------------------------------
+@cli.command()
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="model.keras (or its run folder).")
+@click.option("--images", required=True, help="Folder of images (searched recursively) or a glob pattern.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--format", "output_format", default="labelIds", show_default=True,
+              type=click.Choice(["labelIds", "trainIds", "color", "overlay"]),
+              help="labelIds: Cityscapes test-server PNGs; trainIds; color; overlay on the image.")
+@click.option("--batch-size", default=4, show_default=True, help="Images per inference batch.")
+def predict(model, images, out, output_format, batch_size):
+    """Predict every image at full resolution; one PNG per image, named like its input.
+
+    Example: segflow predict --model runs/unet/model.keras --images 'leftImg8bit/test/*/*.png' --out submission/
+    """
+    from segflow.predict import predict_images
+
+    written = predict_images(model, images, out, format=output_format, batch_size=batch_size)
+    click.echo(f"{out}: {len(written)} {output_format} PNGs")
+
+
+# --- synth ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--train", default=2, show_default=True, help="Training images.")
+@click.option("--val", default=1, show_default=True, help="Validation images.")
+@click.option("--test", default=1, show_default=True, help="Test images (void labels only, as the real ones).")
+@click.option("--height", default=64, show_default=True, help="Image height (Cityscapes: 1024).")
+@click.option("--width", default=128, show_default=True, help="Image width (Cityscapes: 2048).")
+@click.option("--seed", default=0, show_default=True, help="Same seed, byte-identical files.")
+@click.option("--zips", is_flag=True, help="Also write gtFine_trainvaltest.zip and leftImg8bit_trainvaltest.zip.")
+def synth(out, train, val, test, height, width, seed, zips):
+    """Write a synthetic street-scene dataset in the exact Cityscapes layout and formats into OUT.
+
+    Example: segflow synth data/synthetic --train 8 --val 4 --test 2 --height 256 --width 512 --zips
+    """
+    from segflow.synthetic import write_dataset
+
+    out_dir = write_dataset(out, train=train, val=val, test=test, height=height, width=width, seed=seed, zips=zips)
+    click.echo(f"{out_dir}: {train} train, {val} val, {test} test images of {height}x{width}")
+
+
+# --- report --------------------------------------------------------------------------------
+@cli.command()
+@click.option("--runs", required=True,
+              help="Run folder or s3:// URI (run.json + one folder per architecture), or `segflow train` output folder(s).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for report.html, report.json and report.md.")
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path),
+              help="TFRecords folder to take the sample images from.  [default: the run's own data, if on this machine]")
+@click.option("--samples", "num_samples", default=3, show_default=True, type=click.IntRange(min=0),
+              help="Val images shown with each architecture's prediction.")
+def report(runs, out_dir, records, num_samples):
+    """Write a self-contained HTML report comparing the architectures of a run, plus JSON and markdown.
+
+    Example: segflow report --runs segflow-results/runs/20260101T020000Z-1a2b3c4d --out report/
+    """
+    from segflow.report import write_report
+
+    paths = write_report(runs, out_dir, records_dir=records, num_samples=num_samples)
+    click.echo("\n".join(str(path) for path in paths.values()))
+
+
+# --- pipeline: demo, serve -----------------------------------------------------------------
+@cli.command()
+@click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the work files (work/) and the published results (results/).")
+@click.option("--arch", "architectures", multiple=True, type=click.Choice(typing.get_args(Architecture)),
+              help="Architecture to train (repeat for several).  [default: all five]")
+@click.option("--results", "results_uri", help="Results store: a folder or s3://bucket/prefix.  [default: OUT/results]")
+def demo(out_dir, architectures, results_uri):
+    """Run the whole pipeline flow on synthetic data with tiny models, on Prefect's embedded API.
+
+    Example: segflow demo --out demo-output
+    """
+    from segflow.config import demo_params
+
+    _prefect_defaults()
+    overrides = {"work_dir": str(out_dir / "work"), "results_uri": results_uri or str(out_dir / "results")}
+    if architectures:
+        overrides["architectures"] = list(architectures)
+    params = demo_params(**overrides)
+    from flows.pipeline import cityscapes_pipeline
+
+    state = cityscapes_pipeline(params, return_state=True)
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):
+        raise SegflowError(f"the pipeline ended {state.name}: {state.message}")
+    for arch, miou in summary["miou"].items():
+        click.echo(f"{arch:>14}: " + (f"val mIoU {miou:.3f}" if miou is not None else f"FAILED {summary['failed'][arch]}"))
+    click.echo(f"{state.name}: {state.message}")
+    click.echo(f"report: {summary['report']}")
+    if state.is_failed():
+        raise SystemExit(1)
+
+
+def _prefect_defaults() -> None:
+    """No telemetry (the machine may have no internet), and time for the embedded API server to
+    start on a busy machine (Prefect's default of 20 s is short on 2 cores)."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+@cli.command()
+@click.option("--no-schedule", is_flag=True, help="Register the nightly deployment without its schedule.")
+@click.option("--limit", type=int, help="Flow runs at most at once in this process.")
+def serve(no_schedule, limit):
+    """Register the `pipeline` and `nightly` deployments and run their flow runs until stopped.
+
+    Uses the Prefect server at PREFECT_API_URL (e.g. http://127.0.0.1:4200/api); the nightly
+    schedule is SEGFLOW_NIGHTLY_CRON in SEGFLOW_TIMEZONE; SEGFLOW_RESULTS_URI, SEGFLOW_WORK_DIR and
+    SEGFLOW_SOURCE set the deployments' default parameters.
+
+    Example: PREFECT_API_URL=http://127.0.0.1:4200/api segflow serve
+    """
+    _prefect_defaults()
+    from flows.deploy import serve_deployments
+
+    serve_deployments(schedule=not no_schedule, limit=limit)
+
+
+# --- models --------------------------------------------------------------------------------
+@cli.command()
+def models():
+    """List the architectures with their parameters and GFLOPs per 1024×2048 image.
+
+    GFLOPs are 2 × the multiply-adds of the convolution and dense layers, counted from layer
+    shapes (nothing runs).
+
+    Example: segflow models
+    """
+    from segflow.models.complexity import summarize_architectures
+
+    click.echo("architecture   params (M)   GFLOPs at 1024×2048 (2 × conv/dense multiply-adds)")
+    click.echo("-" * 80)
+    for row in summarize_architectures(input_shape=(1024, 2048, 3)):
+        click.echo(f"{row['name']:<14} {row['params'] / 1e6:>10.2f}   {row['gflops']:>8.1f}")
+
+
+@cli.command()
+@click.option("--image", required=True, help="Worker image built from docker/Dockerfile, pullable by the workers.")
+def deploy(image):
+    """Register the scale-out deployments of infra/scale-out.yaml on the Prefect server: the pipeline
+    (nightly) on the CPU pool and one training deployment per architecture on the GPU pool.
+
+    Example: PREFECT_API_URL=http://prefect:4200/api segflow deploy --image registry.example.com/segflow:0.1.0
+    """
+    _prefect_defaults()
+    from flows.deploy import deploy_to_work_pools
+
+    for deployment_id in deploy_to_work_pools(image):
+        click.echo(str(deployment_id))

@@ -1,0 +1,1 @@
+"""Prefect flows: the Cityscapes pipeline DAG and its deployments."""

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers around segflow functions that add retries, caching and artifacts."""
