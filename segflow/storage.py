@@ -40,6 +40,8 @@ MULTIPART_CHUNKSIZE = 64 * MiB
 ENDPOINT_ENV_VARS = ("SEGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 LATEST = "latest.json"
+CHECKPOINTS_SEGMENT = "/checkpoints/"
+CHECKPOINT_TAG = "segflow-artifact=checkpoint"
 MANIFEST = "manifest.json"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CREDENTIAL_ERRORS = {
@@ -195,10 +197,12 @@ def upload_file(local: str | os.PathLike, uri: str, *, endpoint_url: str | None 
     except OSError as error:
         raise SegflowError(f"cannot read {local}: {error.strerror}") from None
     bucket, key = split_s3(uri)
+    extra_args = {"Metadata": {"md5": md5}}
+    if CHECKPOINTS_SEGMENT in f"/{key}":
+        # The bucket's lifecycle rule (infra/aws/results-bucket.yaml) expires objects with this tag.
+        extra_args["Tagging"] = CHECKPOINT_TAG
     with _s3_errors(uri):
-        client.upload_file(
-            str(local), bucket, key, ExtraArgs={"Metadata": {"md5": md5}}, Config=_transfer_config()
-        )
+        client.upload_file(str(local), bucket, key, ExtraArgs=extra_args, Config=_transfer_config())
         head = client.head_object(Bucket=bucket, Key=key)
     if head["ContentLength"] != size or head["Metadata"].get("md5") != md5:
         raise SegflowError(f"upload check failed for {uri}: stored object does not match {local}")

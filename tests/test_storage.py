@@ -212,3 +212,21 @@ def test_endpoint_argument_overrides_environment(s3_endpoint, monkeypatch, tmp_p
     storage.write_text("s3://segflow-endpoint-arg/x.txt", "hello", endpoint_url=s3_endpoint)
 
     assert storage.read_text("s3://segflow-endpoint-arg/x.txt", endpoint_url=s3_endpoint) == "hello"
+
+
+def test_published_checkpoints_are_tagged_for_the_lifecycle_rule(s3_bucket, tmp_path):
+    import boto3
+
+    run = tmp_path / "run"
+    (run / "unet" / "checkpoints" / "step-000000001").mkdir(parents=True)
+    (run / "unet" / "checkpoints" / "step-000000001" / "model.weights.h5").write_bytes(b"weights")
+    (run / "unet" / "model.keras").write_bytes(b"model")
+    run_uri = storage.publish(run, f"{s3_bucket}/results", "run-1")
+    client = boto3.client("s3", endpoint_url=os.environ["SEGFLOW_S3_ENDPOINT_URL"])
+    bucket, prefix = storage.split_s3(run_uri)
+
+    def tags(name):
+        return client.get_object_tagging(Bucket=bucket, Key=f"{prefix}/{name}")["TagSet"]
+
+    assert tags("unet/checkpoints/step-000000001/model.weights.h5") == [{"Key": "segflow-artifact", "Value": "checkpoint"}]
+    assert tags("unet/model.keras") == []
