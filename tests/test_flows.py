@@ -168,3 +168,22 @@ def test_killed_training_retries_and_resumes_and_a_failed_architecture_leaves_a_
     run_record = storage.read_json(str(run_dir / "run.json"))
     assert run_record["architectures"]["segnet"]["status"] == "failed"
     assert run_record["architectures"]["unet"]["status"] == "completed"
+
+
+def test_training_flow_for_a_gpu_pool_reads_and_writes_only_the_results_store(prefect_harness, s3_bucket, tmp_path):
+    from flows.train_architecture import train_architecture_flow
+    from segflow.convert import convert
+    from segflow.synthetic import write_dataset
+
+    data = write_dataset(tmp_path / "data", train=4, val=2, test=1, height=64, width=128)
+    convert(data, tmp_path / "records", workers=1, progress=False)
+    records_uri = storage.join(s3_bucket, "results", "records", "r1")
+    storage.upload_dir(tmp_path / "records", records_uri)
+    out_uri = storage.join(s3_bucket, "results", "training", "run-1", "unet")
+    params = tiny_params(tmp_path / "gpu-worker", s3_bucket, architectures=["unet"], epochs=1, steps_per_epoch=2)
+
+    assert train_architecture_flow("unet", records_uri, out_uri, params) == out_uri
+    uploaded = set(storage.list_files(out_uri))
+    assert {"model.keras", "history.json", "config.json"} <= uploaded
+    assert any(name.startswith("checkpoints/step-") for name in uploaded)
+    assert storage.read_json(storage.join(out_uri, "history.json"))[-1]["step"] == 2
