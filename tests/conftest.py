@@ -1,8 +1,11 @@
 """Shared fixtures: real servers on 127.0.0.1 that tests talk to over HTTP."""
 
+import os
+import subprocess
 import uuid
 
 import pytest
+from servers import free_port, stop, tool, wait_for_http
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,40 @@ def s3_bucket(s3_endpoint, monkeypatch):
     name = f"segflow-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real `prefect server start` on localhost, API and UI, with its own empty PREFECT_HOME;
+    yields (api_url, env), env being the environment for processes that talk to it.
+
+    Of the background services only those that record what runs report run: the task-run
+    recorder (task runs reach the server as events) and the event persister. No scheduler, so a
+    deployment's schedule never fires during the tests; a served runner polls for the runs
+    created through the API itself.
+    """
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_UI_API_URL=api,  # the UI's pages call this, not the default port 4200
+    )
+    for service in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
+                    "CLEANUP_RECONCILER", "TRIGGERS"):  # fmt: skip
+        env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
+    server = subprocess.Popen(
+        [tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_for_http(f"{api}/health", server, timeout_s=120)
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        stop(server)

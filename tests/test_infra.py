@@ -13,8 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from servers import free_port, stop, tool, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -33,43 +32,6 @@ INFRA = REPO / "infra"
 CLOUDFORMATION = INFRA / "aws" / "results-bucket.yaml"
 SCALE_OUT = yaml.safe_load((INFRA / "scale-out.yaml").read_text())
 POOL_TEMPLATES = {name: INFRA / pool["base_job_template"] for name, pool in SCALE_OUT["work_pools"].items()}
-
-
-def tool(name: str) -> str:
-    """A command installed next to this Python (the project's venv), else on PATH."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    assert found, f"`{name}` is not installed: it comes with the dev dependencies (make setup)"
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before answering {url}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server this module started, with the processes it started (its own session)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # === Dockerfile ===
@@ -460,32 +422,6 @@ def test_scale_out_plan_matches_the_pools_and_the_architectures():
     # The CPU pool reserves no GPU.
     cpu_variables = json.loads(POOL_TEMPLATES["segflow-cpu"].read_text())["variables"]["properties"]
     assert cpu_variables["container_create_kwargs"]["default"] is None
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A real `prefect server` on localhost with its own empty PREFECT_HOME; yields (api_url, env)."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PREFECT_")
-    }
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
-    server = subprocess.Popen(
-        [tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-services"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_for_http(f"{api}/health", server, timeout_s=120)
-        yield api, {**env, "PREFECT_API_URL": api}
-    finally:
-        stop(server)
 
 
 def start_creating_pool(name: str, pool_type: str, template: Path, env: dict) -> subprocess.Popen:
