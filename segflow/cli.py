@@ -280,7 +280,8 @@ def serve(no_schedule, limit):
 
     Uses the Prefect server at PREFECT_API_URL (e.g. http://127.0.0.1:4200/api); the nightly
     schedule is SEGFLOW_NIGHTLY_CRON in SEGFLOW_TIMEZONE; SEGFLOW_RESULTS_URI, SEGFLOW_WORK_DIR and
-    SEGFLOW_SOURCE set the deployments' default parameters.
+    SEGFLOW_SOURCE set the deployments' default parameters; SEGFLOW_DEMO=1 starts them from the
+    demo's tiny settings (synthetic data, CPU-sized models) for trying the UI.
 
     Example: PREFECT_API_URL=http://127.0.0.1:4200/api segflow serve
     """
