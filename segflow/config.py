@@ -25,6 +25,13 @@ def parse_image_size(text: str) -> ImageSize:
     return int(match[1]), int(match[2])
 
 
+def _size_from_text(value):
+    """Sizes typed as text (CLI, UI form): "512x1024" → (512, 1024), "" → None."""
+    if isinstance(value, str):
+        return parse_image_size(value) if value.strip() else None
+    return value
+
+
 class TrainConfig(BaseModel):
     """Everything that decides what a training run computes (paths are not part of it)."""
 
@@ -79,12 +86,7 @@ class TrainConfig(BaseModel):
         500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
     )
 
-    @field_validator("image_size", "crop_size", "val_image_size", mode="before")
-    @classmethod
-    def _size_from_text(cls, value):
-        if isinstance(value, str):
-            return parse_image_size(value) if value.strip() else None
-        return value
+    _sizes_from_text = field_validator("image_size", "crop_size", "val_image_size", mode="before")(_size_from_text)
 
     @field_validator("image_size", "crop_size", "val_image_size")
     @classmethod
@@ -199,12 +201,7 @@ class PipelineParams(BaseModel):
     work_dir: str = Field("segflow-work", description="Local folder for downloads, records and training state.")
     promote_champions: bool = Field(True, description="Move an architecture's champion pointer when its val mIoU improves.")
 
-    @field_validator("image_size", "crop_size", "synthetic_size", mode="before")
-    @classmethod
-    def _size_from_text(cls, value):
-        if isinstance(value, str):
-            return parse_image_size(value) if value.strip() else None
-        return value
+    _sizes_from_text = field_validator("image_size", "crop_size", "synthetic_size", mode="before")(_size_from_text)
 
     def train_config(self, architecture: str) -> TrainConfig:
         """The TrainConfig of one architecture in this run."""

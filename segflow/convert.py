@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segflow import layout
+from segflow import layout, storage
 from segflow.cityscapes import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SPLITS, VALID_LABEL_IDS
 from segflow.errors import SegflowError
 from segflow.layout import Problem, Sample
@@ -100,7 +100,7 @@ def convert(
         problems += [problem for result in results for problem in result.problems]
         layout.raise_if_problems(data_dir, problems)
         manifest = _manifest(data_dir, fingerprint, splits, results)
-        _write_json(staging / MANIFEST_NAME, manifest)
+        storage.write_json(str(staging / MANIFEST_NAME), manifest)
         _replace_folder(staging, out_dir)
     finally:
         if staging:
@@ -352,10 +352,6 @@ def _make_folder(folder: Path) -> None:
         raise SegflowError(f"cannot create {folder}: {error.strerror or error}") from error
 
 
-def _write_json(path: Path, content: dict) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def _replace_folder(new: Path, out_dir: Path) -> None:

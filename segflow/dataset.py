@@ -14,7 +14,6 @@ from pathlib import Path
 
 from segflow import download, storage, synthetic
 from segflow.cityscapes import PACKAGES
-from segflow.errors import SegflowError
 
 SYNTHETIC = "synthetic"
 SOURCE_FILE = ".segflow-source.json"

@@ -9,9 +9,7 @@ truth and prediction has no score (None) and is left out of the mean.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,15 +113,7 @@ def mean_of_scores(scores) -> float | None:
 
 def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
     """Write `metrics` as JSON atomically: a temporary file in the same folder, then `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(metrics, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    from segflow import storage
+
+    storage.write_json(str(path), metrics)
+    return Path(path)

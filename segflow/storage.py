@@ -336,7 +336,8 @@ def read_text(uri: str, *, endpoint_url: str | None = None) -> str:
 
 
 def write_json(uri: str, value: Any, *, endpoint_url: str | None = None) -> str:
-    return write_text(uri, json.dumps(value, indent=2, sort_keys=True) + "\n", endpoint_url=endpoint_url)
+    """Write `value` as indented JSON, keys in their given order, atomically (see `write_text`)."""
+    return write_text(uri, json.dumps(value, indent=2) + "\n", endpoint_url=endpoint_url)
 
 
 def read_json(uri: str, *, endpoint_url: str | None = None) -> Any:

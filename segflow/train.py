@@ -34,7 +34,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from segflow import checkpoints
+from segflow import checkpoints, storage
 from segflow.config import TrainConfig
 from segflow.errors import SegflowError
 
@@ -364,7 +364,7 @@ class HistoryWriter(keras.callbacks.Callback):
             "steps_this_session": self.steps,
         }
         history = [item for item in read_history(self.path.parent) if item["epoch"] < entry["epoch"]]
-        _write_json_atomically(self.path, [*history, entry])
+        storage.write_json(str(self.path), [*history, entry])
 
 
 class StepCheckpointer(keras.callbacks.Callback):
@@ -430,7 +430,7 @@ def _check_same_run(config: TrainConfig, path: Path, resuming: bool) -> None:
                 f"{path.parent} holds a run with other settings ({details}); "
                 "resume with the same settings or choose a new --out folder"
             )
-    _write_json_atomically(path, current)
+    storage.write_json(str(path), current)
 
 
 def _class_weights(records_dir: Path) -> np.ndarray:
@@ -446,13 +446,3 @@ def _class_weights(records_dir: Path) -> np.ndarray:
     return class_weights_from_pixel_counts([class_pixels[name] for name in CLASS_NAMES])
 
 
-def _write_json_atomically(path: Path, value) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(value, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
