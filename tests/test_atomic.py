@@ -1,0 +1,85 @@
+"""The one atomic-write helper: whole or nothing, normal file mode, stale staging removed, a full
+disk reported in one line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from segflow import atomic
+from segflow.errors import SegflowError
+
+
+def test_write_json_gives_the_normal_mode_and_no_leftovers(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic.write_json(tmp_path / "a" / "x.json", {"b": 1})
+    finally:
+        os.umask(old)
+    assert path.read_text() == '{\n  "b": 1\n}\n'
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert os.listdir(path.parent) == ["x.json"]
+
+
+def test_a_failed_write_keeps_the_old_content(tmp_path):
+    path = atomic.write_text(tmp_path / "x.txt", "old")
+    with pytest.raises(RuntimeError):
+        with atomic.temporary_file(path) as temporary:
+            temporary.write_text("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["x.txt"]
+
+
+def test_staging_dir_replaces_a_folder_whole(tmp_path):
+    target = tmp_path / "records"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic.staging_dir(target) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(os.listdir(target)) == ["new.txt"]
+    assert os.listdir(tmp_path) == ["records"]
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~_umask()
+
+
+def test_exchange_swaps_two_folders(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "1").write_text("a")
+    (tmp_path / "b").mkdir()
+    assert atomic.exchange(tmp_path / "a", tmp_path / "b")  # tmpfs and ext4 both support it
+    assert os.listdir(tmp_path / "b") == ["1"] and os.listdir(tmp_path / "a") == []
+
+
+def test_remove_stale_removes_only_dead_processes_staging(tmp_path):
+    target = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".out.{dead_pid}.abc{atomic.STAGING_SUFFIX}"
+    stale.mkdir()
+    (stale / "big").write_bytes(b"x" * 10)
+    alive = tmp_path / f".out.{os.getppid()}.def{atomic.STAGING_SUFFIX}"
+    alive.mkdir()
+    other = tmp_path / f".other.{dead_pid}.abc{atomic.STAGING_SUFFIX}"
+    other.mkdir()
+    assert atomic.remove_stale(target) == [stale]
+    assert alive.exists() and other.exists() and not stale.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_full_disk_is_one_clear_error(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        with pytest.raises(SegflowError, match=r"disk full while writing big.bin to .*big.bin .*MiB free"):
+            atomic.write_bytes(mount / "big.bin", b"x" * 3 * 2**20)
+        assert os.listdir(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
