@@ -230,6 +230,27 @@ def report(runs, out_dir, records, num_samples):
     click.echo("\n".join(str(path) for path in paths.values()))
 
 
+# --- clean ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("results_uri")
+@click.option("--keep", required=True, type=int, help="Newest runs to keep (latest.json's run and champions are always kept).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def clean(results_uri, keep, dry_run):
+    """Delete all but the newest published runs of a results store (a folder or s3://bucket/prefix).
+
+    Example: segflow clean segflow-results --keep 5 --dry-run
+    """
+    from segflow.clean import clean as clean_runs
+
+    chosen = clean_runs(results_uri, keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for run_id in chosen.delete:
+        click.echo(f"{verb} runs/{run_id}")
+    for run_id, reason in sorted(chosen.protected.items()):
+        click.echo(f"kept runs/{run_id}: {reason}")
+    click.echo(f"{verb} {len(chosen.delete)} of {len(chosen.delete) + len(chosen.keep)} runs")
+
+
 # --- pipeline: demo, serve -----------------------------------------------------------------
 @cli.command()
 @click.option("--out", "out_dir", default="demo-output", show_default=True, type=click.Path(file_okay=False, path_type=Path),
