@@ -21,6 +21,7 @@ import ctypes
 import errno
 import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -158,19 +159,27 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(target: str | os.PathLike) -> Iterator[Path]:
+def staging_dir(
+    target: str | os.PathLike, *, what: str | None = None, needed_bytes: int | None = None
+) -> Iterator[Path]:
     """Yield a new empty folder beside `target` (with the normal folder mode); on a clean exit it
-    replaces `target` atomically (`replace_dir`), on an error it is removed."""
+    replaces `target` atomically (`replace_dir`), on an error it is removed.
+
+    A full disk inside the block becomes `disk_full_error(what or target's name, target,
+    needed_bytes)`.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=_staging_name(target), suffix=STAGING_SUFFIX))
-    os.chmod(staging, 0o777 & ~_umask())
+    staging = None
     try:
-        with disk_full_as_error(target.name, target):
+        with disk_full_as_error(what or target.name, target, needed_bytes):
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=_staging_name(target), suffix=STAGING_SUFFIX))
+            os.chmod(staging, 0o777 & ~_umask())
             yield staging
             replace_dir(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale(target: str | os.PathLike) -> list[Path]:
@@ -190,6 +199,25 @@ def remove_stale(target: str | os.PathLike) -> list[Path]:
         else:
             leftover.unlink(missing_ok=True)
         removed.append(leftover)
+    return removed
+
+
+def remove_leftovers(target: str | os.PathLike, logger: logging.Logger, *legacy_patterns: str) -> list[Path]:
+    """`remove_stale(target)`, plus the entries beside `target` matching `legacy_patterns` (glob
+    patterns of the staging names older versions used), and one warning line saying what went."""
+    target = Path(target)
+    removed = remove_stale(target)
+    if target.parent.is_dir():
+        for pattern in legacy_patterns:
+            for leftover in target.parent.glob(pattern):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    if removed:
+        names = ", ".join(str(path) for path in removed)
+        logger.warning("removed %d leftover staging folders of a killed run: %s", len(removed), names)
     return removed
 
 
