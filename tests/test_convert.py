@@ -385,7 +385,7 @@ def test_a_kill_at_every_rename_leaves_the_old_or_the_new_output(dataset, tmp_pa
 
 
 def test_sigkill_mid_conversion_keeps_the_output_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
-    from crash import KILLED, children, run_segflow, running, segflow_command, wait_for
+    from crash import children, run_segflow, running, segflow_command, wait_for
 
     data_dir = write_dataset(tmp_path / "cityscapes", train=6, val=2, test=1)
     out_dir = tmp_path / "records"
