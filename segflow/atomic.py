@@ -31,7 +31,10 @@ from typing import Any, Iterator
 from segflow.errors import SegflowError
 
 STAGING_SUFFIX = ".segflow-tmp"
+_RETIRED_SUFFIX = f".old{STAGING_SUFFIX}"  # the old copy `replace_dir` moves aside where it cannot exchange
 _RENAME_EXCHANGE = 2  # linux/fs.h
+
+logger = logging.getLogger(__name__)
 
 
 def normal_file_mode() -> int:
@@ -94,13 +97,22 @@ def temporary_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with disk_full_as_error(path.name, path):
             yield temporary
-            with open(temporary, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.chmod(temporary, normal_file_mode())
-            os.replace(temporary, path)
-        _fsync_dir(path.parent)
+            commit(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make the finished file `temporary` (in `path`'s folder) the file `path`: fsync it, give it
+    the normal mode, rename it over `path`, fsync the folder. For files staged by their own
+    rules (a resumable download's `.part`); everything else uses `temporary_file`."""
+    path = Path(path)
+    with open(temporary, "rb+") as stream:
+        os.fsync(stream.fileno())
+    os.chmod(temporary, normal_file_mode())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -147,7 +159,7 @@ def replace_dir(staging: Path, target: Path) -> None:
     staging, target = Path(staging), Path(target)
     if target.exists():
         if not exchange(staging, target):
-            retired = target.with_name(f"{_staging_name(target)}old{STAGING_SUFFIX}")
+            retired = target.with_name(f"{_staging_name(target)}{_RETIRED_SUFFIX[1:]}")
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
             os.replace(staging, target)
@@ -185,14 +197,20 @@ def staging_dir(
 def remove_stale(target: str | os.PathLike) -> list[Path]:
     """Remove the staging leftovers of `target` that a killed process left (files and folders
     named `.{target name}.{pid}.*.segflow-tmp` beside it, whose process is gone); returns what
-    was removed."""
+    was removed. Where `target` itself is missing because a process was killed inside
+    `replace_dir`'s two-rename fallback, the old copy it had moved aside is put back instead."""
     target = Path(target)
     if not target.parent.is_dir():
         return []
     removed = []
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{STAGING_SUFFIX}"):
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*{STAGING_SUFFIX}")):
         owner = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
         if owner.isdigit() and _alive(int(owner)):
+            continue
+        if leftover.name.endswith(_RETIRED_SUFFIX) and not (target.exists() or target.is_symlink()):
+            # Killed between the two renames of `replace_dir`'s fallback: put the old copy back.
+            os.replace(leftover, target)
+            logger.warning("restored %s from %s, which a killed run had moved aside", target, leftover)
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)

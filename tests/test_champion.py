@@ -85,9 +85,14 @@ def test_a_retried_promotion_returns_the_pointer_it_wrote(results_uri):
     assert champion.promote(results_uri, decision, "s3://b/runs/r1/unet/model.keras") == first
 
 
-def test_local_model_uri_is_stored_absolute(tmp_path, monkeypatch):
+def test_local_model_uri_is_stored_absolute_in_a_file_of_normal_mode(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     decision = champion.decide("results", "unet", "r1", 0.5)
-    pointer = champion.promote("results", decision, "results/runs/r1/unet/model.keras")
+    old_umask = os.umask(0o022)
+    try:
+        pointer = champion.promote("results", decision, "results/runs/r1/unet/model.keras")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "results/champions/unet.json").stat().st_mode & 0o777 == 0o644
     assert pointer["model_uri"] == str(tmp_path.resolve() / "results/runs/r1/unet/model.keras")
     assert os.path.isabs(storage.read_json(str(tmp_path / "results/champions/unet.json"))["model_uri"])
