@@ -220,7 +220,7 @@ def remove_stale(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def remove_leftovers(target: str | os.PathLike, logger: logging.Logger, *legacy_patterns: str) -> list[Path]:
+def remove_leftovers(target: str | os.PathLike, log: logging.Logger, *legacy_patterns: str) -> list[Path]:
     """`remove_stale(target)`, plus the entries beside `target` matching `legacy_patterns` (glob
     patterns of the staging names older versions used), and one warning line saying what went."""
     target = Path(target)
@@ -235,7 +235,7 @@ def remove_leftovers(target: str | os.PathLike, logger: logging.Logger, *legacy_
                 removed.append(leftover)
     if removed:
         names = ", ".join(str(path) for path in removed)
-        logger.warning("removed %d leftover staging folders of a killed run: %s", len(removed), names)
+        log.warning("removed %d leftover staging folders of a killed run: %s", len(removed), names)
     return removed
 
 
