@@ -84,8 +84,9 @@ def convert(
         raise SegflowError(f"num_shards must be at least 1, got {num_shards}")
     samples, problems, shards_per_split, fingerprint, stats = _plan(data_dir, splits, num_shards)
 
-    atomic.remove_leftovers(out_dir, logger, f".{glob.escape(out_dir.name)}.partial-*", f".{glob.escape(out_dir.name)}.old-*")
     if not problems:
+        name = glob.escape(out_dir.name)
+        atomic.remove_leftovers(out_dir, logger, f".{name}.partial-*", f".{name}.old-*")  # and older versions' names
         previous = read_manifest(out_dir)
         if previous is not None and _is_complete(previous, fingerprint, out_dir):
             logger.info("%s is up to date with %s", out_dir, data_dir)
@@ -254,7 +255,8 @@ def _run(tasks: list[_ShardTask], workers: int | None, progress: bool) -> list[_
                 bar.update(len(task.samples))
             return results
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),))
+        with pool:
             futures = {pool.submit(_write_shard, task): index for index, task in enumerate(tasks)}
             try:
                 for future in as_completed(futures):

@@ -41,7 +41,8 @@ def extract(zips: Iterable[str | os.PathLike], data_root: str | os.PathLike, spl
     data_root = given.resolve() if given.is_symlink() else given  # stage beside the real folder
     if data_root.exists() and not data_root.is_dir():
         raise SegflowError(f"dataset root {data_root} exists and is not a folder")
-    atomic.remove_leftovers(data_root, log, f".{glob.escape(data_root.name)}.*.extracting", f".{glob.escape(data_root.name)}.*.replaced")
+    name = glob.escape(data_root.name)
+    atomic.remove_leftovers(data_root, log, f".{name}.*.extracting", f".{name}.*.replaced")  # and older versions' names
     with atomic.staging_dir(data_root, what="the extracted dataset") as staging:
         for zip_path in zips:
             _extract_zip(zip_path, staging)
