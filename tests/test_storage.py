@@ -314,7 +314,7 @@ def test_s3_retry_after_a_failed_first_publish_reuses_the_folder_and_drops_stale
     assert storage.list_files(run_uri) == ["manifest.json", "report.html"]
 
 
-def test_sigkill_while_publishing_keeps_latest_and_the_next_publish_cleans_up(tmp_path):
+def test_sigkill_while_publishing_keeps_latest_and_the_next_publish_cleans_up(tmp_path, caplog):
     from crash import wait_for
 
     results = tmp_path / "results"
@@ -332,6 +332,7 @@ def test_sigkill_while_publishing_keeps_latest_and_the_next_publish_cleans_up(tm
     storage.publish(run, str(results), "run-1")
     assert os.listdir(results / "runs") == ["run-1"]
     assert len(_latest_is_complete(str(results))) == 2000
+    assert "removed 1 leftover staging folders of a killed run: " in caplog.text
 
 
 def test_pointers_hold_absolute_paths_and_files_get_the_normal_mode(tmp_path, monkeypatch):
