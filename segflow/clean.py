@@ -24,9 +24,9 @@ RUNS_DIR = "runs"
 
 
 class CleanPlan(NamedTuple):
-    delete: list[str]  # run ids, oldest first
-    keep: list[str]  # run ids kept, oldest first
-    protected: dict[str, str]  # run id -> why it is kept whatever `keep` says
+    delete: list[str]  # run folders (run ids), oldest first
+    keep: list[str]  # run folders kept, oldest first
+    protected: dict[str, str]  # run folder -> why it is kept whatever `keep` says
 
 
 def list_runs(results_uri: str) -> list[str]:
@@ -40,13 +40,21 @@ def protected_runs(results_uri: str) -> dict[str, str]:
     protected = {}
     latest = storage.latest_run(results_uri)
     if latest:
-        protected[latest["run_id"]] = "latest.json points at it"
+        protected[_run_folder(latest["uri"])] = "latest.json points at it"
     champions_uri = storage.join(results_uri, champion.CHAMPIONS_DIR)
     for name in storage.list_files(champions_uri):
         if name.endswith(".json") and "/" not in name:
             pointer = storage.read_json(storage.join(champions_uri, name))
-            protected.setdefault(pointer["run_id"], f"champion of {pointer['architecture']}")
+            protected.setdefault(_run_folder(pointer["model_uri"]), f"champion of {pointer['architecture']}")
     return protected
+
+
+def _run_folder(uri: str) -> str:
+    """The folder name under `runs/` that a pointer's URI names (a re-published run's folder
+    carries a suffix after its run id, so the pointer's `run_id` alone is not enough)."""
+    parts = str(uri).split("/")
+    after_runs = max(index for index, part in enumerate(parts) if part == RUNS_DIR) + 1
+    return parts[after_runs]
 
 
 def plan(results_uri: str, keep: int) -> CleanPlan:
