@@ -1,6 +1,7 @@
 """Per-example parsing: decoded record features in, `(image, label)` tensors out.
 
-`parse_train` augments (random scale, crop padded with ignore, flip, photometric jitter);
+`parse_train` decodes then augments (`augment_train`: random scale, crop padded with ignore,
+flip, photometric jitter; it also takes already decoded uint8 tensors, e.g. from a cache);
 `parse_eval` only decodes and normalises, so evaluation sees every pixel of the stored label.
 Both are pure functions of their inputs (randomness comes from an explicit stateless seed), which
 is what makes `segflow.data.make_dataset` reproducible. As in TF Model Garden's segmentation
@@ -87,6 +88,28 @@ def parse_train(
     seed: tf.Tensor | None = None,
     photometric: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Decode a record's two PNGs, then `augment_train` them (see there for every argument).
+
+    Args:
+        features: the dict from `segflow.records.decode_example`.
+
+    Returns:
+        `(image, label)`: float32 `[*crop_size, 3]` normalised, int32 `crop_size` (255 = ignore).
+    """
+    return augment_train(
+        decode_image(features), decode_label(features), crop_size, scale_range, resize, seed, photometric
+    )
+
+
+def augment_train(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    crop_size: tuple[int, int],
+    scale_range: tuple[float, float] = SCALE_RANGE,
+    resize: tuple[int, int] | None = None,
+    seed: tf.Tensor | None = None,
+    photometric: bool = True,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Random scale, random crop (padded with ignore), horizontal flip, colour jitter, normalise.
 
     The image is first given the base size `resize` (default: its own size), then scaled by a
@@ -99,7 +122,8 @@ def parse_train(
     the label, up to which neighbour a sample exactly halfway between two pixels takes).
 
     Args:
-        features: the dict from `segflow.records.decode_example`.
+        image: the decoded RGB image, uint8 `[H, W, 3]` (`decode_image`).
+        label: the decoded trainIds, uint8 `[H, W, 1]` (`decode_label`).
         crop_size: `(height, width)` of the output.
         scale_range: `(min, max)` scale factor, applied to the base size.
         resize: optional base `(height, width)` before scaling, e.g. `(64, 128)` to train tiny
@@ -121,8 +145,6 @@ def parse_train(
         tf.random.split(tf.cast(seed, tf.int64), num=5)
     )
 
-    image = decode_image(features)
-    label = decode_label(features)
     source_size = tf.shape(image)[:2]
     base_size = source_size if resize is None else tf.constant(_check_size("resize", resize))
     scale = tf.random.stateless_uniform([], scale_seed, minval=min_scale, maxval=max_scale)
