@@ -195,7 +195,11 @@ def stages(files: list[str]) -> dict[str, tf.data.Dataset]:
         image, label = example
         return augment._jitter_colors(image, tf.stack([tf.constant(0, tf.int64), index])), label
 
-    def normalise(index, example):
+    def normalise(index, example):  # as `augment_train` does it, and the textbook broadcast for comparison
+        image, label = example
+        return augment._normalize_on_cpu(image), tf.cast(label[:, :, 0], tf.int32)
+
+    def normalise_broadcast(index, example):
         image, label = example
         return augment.normalize_image(image), tf.cast(label[:, :, 0], tf.int32)
 
@@ -205,6 +209,7 @@ def stages(files: list[str]) -> dict[str, tf.data.Dataset]:
         "flip": crops.enumerate().map(flip).batch(2),
         "colour jitter": crops.enumerate().map(jitter).batch(2),
         "normalisation": crops.enumerate().map(normalise).batch(2),
+        "normalisation, broadcast": crops.enumerate().map(normalise_broadcast).batch(2),
     }
 
 
