@@ -13,7 +13,7 @@ augmentation (a stateless seed `(seed, position in the stream)`) depend only on 
 Decode once (`cache_decoded`): training can keep the decoded uint8 images and labels in memory
 after the first epoch (`tf.data.Dataset.cache` after decoding, before augmentation), so later
 epochs skip the PNG decoding, most of the pipeline's CPU time on full-size Cityscapes records
-(see BENCHMARKS.md). It takes `H × W × 4` bytes per example (3 image + 1 label channels): 23.3 GiB
+(see BENCHMARKS.md). It takes `H × W × 4` bytes per example (3 image + 1 label channels): 23.2 GiB
 for the 2975 Cityscapes train images at 1024×2048. Augmentation stays random in every epoch.
 The first epoch is the same stream as without the cache (up to the last `shuffle_buffer`
 examples, which the shuffle mixes with the next epoch's); later epochs keep the first epoch's
@@ -106,7 +106,7 @@ def make_dataset(
     deterministic = seed is not None or not training
     cache, needed, _ = cache_decision(cache_decoded, records, split) if training else (False, 0, 0)
     if cache:
-        logger.info("keeping %.2f GiB of decoded train images in memory after the first epoch", needed / 2**30)
+        logger.info("keeping %s of decoded train images in memory after the first epoch", _size(needed))
 
     # One epoch of serialized examples, the shards in a new random order in each epoch.
     dataset = tf.data.Dataset.from_tensor_slices(files)
@@ -247,14 +247,13 @@ def startup_line(config, records_dir: str | os.PathLike, model, gpus: int | None
         gpus: GPUs training; default: the GPUs TensorFlow sees. With none, supply is not measured.
     """
     cache, needed, available = cache_decision(config.cache_decoded, records_dir, "train")
-    gib = 2.0**30
     if cache:
-        line = f"input pipeline: decoded train images kept in memory after the first epoch ({needed / gib:.1f} GiB"
-        line += f" of {available / gib:.1f} GiB available)" if available else ")"
+        line = f"input pipeline: decoded train images kept in memory after the first epoch ({_size(needed)}"
+        line += f" of {_size(available)} available)" if available else ")"
     elif config.cache_decoded == "auto":
         line = (
-            f"input pipeline: PNGs decoded every epoch (cache_decoded=auto: {needed / gib:.1f} GiB of decoded images"
-            f" exceed {CACHE_MEMORY_FRACTION:.0%} of the {available / gib:.1f} GiB available)"
+            f"input pipeline: PNGs decoded every epoch (cache_decoded=auto: {_size(needed)} of decoded images"
+            f" exceed {CACHE_MEMORY_FRACTION:.0%} of the {_size(available)} available)"
         )
     else:
         line = "input pipeline: PNGs decoded every epoch (cache_decoded=off)"
@@ -304,6 +303,10 @@ def _decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """A serialized record → uint8 image `[H, W, 3]` and uint8 label `[H, W, 1]`."""
     features = decode_example(serialized)
     return augment.decode_image(features), augment.decode_label(features)
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def _available_memory() -> int:

@@ -216,7 +216,7 @@ def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
     config = TrainConfig(architecture="unet", image_size=(HEIGHT, WIDTH), crop_size=(16, 32))
 
     assert data.startup_line(config, folder, tiny, gpus=0).startswith(
-        "input pipeline: decoded train images kept in memory after the first epoch (0.0 GiB of "
+        "input pipeline: decoded train images kept in memory after the first epoch (0.0 MiB of "
     )
     line = data.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
     assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
