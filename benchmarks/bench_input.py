@@ -66,7 +66,7 @@ def main() -> None:
         records_dir = Path(args.records) if args.records else make_records(Path(scratch), num_images)
         files = data.list_shards(records_dir, "train")
         print(f"records: {records_dir} ({len(files)} train shards); crops {CROP_SIZE[0]}x{CROP_SIZE[1]}")
-        print(f"timing {num_timed} examples per row in 3 alternating rounds after a warm-up batch each\n")
+        print(f"timing {num_timed} examples per row in 3 alternating rounds after untimed warm-up batches\n")
 
         def train(photometric=True, cache_decoded="off"):
             return data.make_dataset(

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: TFRecord shards in, batches of `(images, labels)` out.
 
-It only composes: list shards → interleaved parallel reads → (shuffle) → `records.decode_example`
-→ `augment.parse_train` or `augment.parse_eval` in a parallel map → batch → prefetch. Batches:
+It only composes: list shards → interleaved parallel reads → [decode the PNGs → cache] →
+(shuffle) → `records.decode_example` → `augment.parse_train` (or, cached, `augment.augment_train`)
+or `augment.parse_eval` in a parallel map → batch → prefetch. Batches:
 
 - images: float32 `[B, H, W, 3]`, normalised with `augment.MEAN_RGB` / `augment.STDDEV_RGB`;
 - labels: int32 `[B, H, W]` of trainIds, 255 (`IGNORE_LABEL`) for void and crop padding; use
@@ -130,9 +131,9 @@ def make_dataset(
 
         def parse(index, example):
             image, label = example if cache else _decode(example)
-            example_seed_pair = tf.stack([tf.constant(example_seed, tf.int64), index])
+            pair_seed = tf.stack([tf.constant(example_seed, tf.int64), index])
             return augment.augment_train(
-                image, label, crop_size, scale_range, resize, seed=example_seed_pair, photometric=photometric
+                image, label, crop_size, scale_range, resize, seed=pair_seed, photometric=photometric
             )
 
         dataset = dataset.enumerate().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
