@@ -153,6 +153,8 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
 @click.option("--mixed-precision/--no-mixed-precision", default=None, help="mixed_float16 compute.")
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the train step.")
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--cache-decoded", type=click.Choice(["auto", "on", "off"]),
+              help="Keep decoded train images in memory after epoch 1.  [default: auto, when they fit]")
 @click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
 def train(config_file, records, out, quiet, **settings):

@@ -108,6 +108,7 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
+    print(data.startup_line(config, records_dir, model), flush=True)
     if start_step < total_steps:
         _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose)
     # The exported model: float32, single output, at the full image size.
@@ -253,6 +254,7 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
             resize=config.image_size,
             scale_range=config.scale_range,
             seed=config.seed + first_step,
+            cache_decoded=config.cache_decoded,
         )
         if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))
