@@ -23,6 +23,7 @@ weights; the best epoch's are in `checkpoints/best/`. The per-epoch val mIoU is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -82,6 +83,8 @@ def train(
         raise SegflowError(f"records folder {records_dir} does not exist")
     out_dir.mkdir(parents=True, exist_ok=True)
     latest = checkpoints.latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    if latest is None:
+        check_backbone_weights(config.backbone_weights)
     _check_same_run(config, out_dir / CONFIG_FILE, resuming=latest is not None)
 
     num_train = data.count_examples(records_dir, "train")
@@ -102,7 +105,7 @@ def train(
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with strategy.scope():
-            model = build_training_model(config, records_dir, total_steps)
+            model = build_training_model(config, records_dir, total_steps, backbone=latest is None)
             if latest:
                 checkpoints.restore_checkpoint(model, latest[0])
     finally:
@@ -128,19 +131,23 @@ def default_strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int) -> keras.Model:
-    """The model at the training size, compiled with loss(es), optimizer and schedule."""
+def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int, *, backbone: bool = True) -> keras.Model:
+    """The model at the training size, compiled with loss(es), optimizer and schedule; with
+    `backbone`, its encoder starts from `config.backbone_weights` (a resumed run restores a
+    checkpoint instead)."""
     from segflow import models
     from segflow.losses import SegmentationCrossEntropy
     from segflow.schedules import PolyWarmup
 
     loss_weights = models.LOSS_WEIGHTS.get(config.architecture)
-    model = models.build(
-        config.architecture,
-        input_shape=(*config.train_size, 3),
-        width=config.width,
-        aux_outputs=loss_weights is not None,
-    )
+    with backbone_weights_file(config.backbone_weights if backbone else "none") as weights:
+        model = models.build(
+            config.architecture,
+            input_shape=(*config.train_size, 3),
+            width=config.width,
+            aux_outputs=loss_weights is not None,
+            **({"weights": weights} if weights else {}),
+        )
     if config.batchnorm_momentum is not None:
         for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -170,6 +177,33 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         jit_compile=config.jit,
     )
     return model
+
+
+def check_backbone_weights(setting: str) -> None:
+    """A local weights file must exist and an s3:// one be there, before any work starts."""
+    if setting in ("none", "imagenet"):
+        return
+    if storage.is_s3(setting):
+        if not storage.exists(setting):
+            raise SegflowError(f"backbone_weights: {setting} does not exist")
+    elif not Path(setting).expanduser().is_file():
+        raise SegflowError(f"backbone_weights: file {setting} not found")
+
+
+@contextlib.contextmanager
+def backbone_weights_file(setting: str):
+    """What `segflow.models.build(weights=...)` takes for a `backbone_weights` setting: None for
+    'none', 'imagenet' as is, a local path, or an s3:// file downloaded to a temporary folder
+    (removed on exit; the file's name is kept, its suffix tells Keras the format)."""
+    if setting == "none":
+        yield None
+    elif setting == "imagenet":
+        yield "imagenet"
+    elif storage.is_s3(setting):
+        with tempfile.TemporaryDirectory(prefix="segflow-backbone-") as folder:
+            yield str(storage.download_file(setting, Path(folder) / setting.rstrip("/").rsplit("/", 1)[-1]))
+    else:
+        yield str(Path(setting).expanduser())
 
 
 def build_inference_model(config: TrainConfig, image_size: tuple[int, int]) -> keras.Model:
