@@ -189,7 +189,12 @@ def train(config_file, recipe, records, out, quiet, **settings):
 
     result = train_model(config, records, out, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
-    click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+    best = (f"; best epoch {result.best_epoch}: val mIoU {result.best_val_miou} (selected on val, kept in "
+            f"checkpoints/best/, not exported)" if result.best_val_miou is not None else "")
+    val_size = "x".join(str(side) for side in config.val_image_size or config.image_size)
+    subset = f", first {config.val_max_examples} val images" if config.val_max_examples else ""
+    click.echo(f"{result.model_path}: {result.steps} steps{resumed}{best}")
+    click.echo(f"exported model (final weights): val mIoU {result.val_miou} (at {val_size}{subset})")
 
 
 @cli.command()

@@ -7,7 +7,8 @@ A run lives in one output folder:
     tensorboard/       TensorBoard logs
     checkpoints/       step-NNNNNNNNN/ (the latest two) and best/ (highest val mIoU)
     model.keras        the final model, single output at `image_size`, float32
-    saved_model/       the same model as a TF SavedModel (`serve` endpoint) for TF Serving
+    saved_model/       the same model as a TF SavedModel for TF Serving: uint8 RGB of any size in,
+                       `label_ids` / `train_ids` out (`segflow.serving`)
 
 Restarting with the same folder resumes from the latest checkpoint: weights, optimizer state
 (momentum, step count) and the learning-rate schedule continue exactly, an interrupted epoch is
@@ -16,8 +17,14 @@ as an uninterrupted one. The data stream is not replayed: a resumed run draws a 
 and augmentation seeded by (seed, step), so it sees different (equally random) batches.
 
 The model trains at `crop_size` (or `image_size`); validation and export use fresh models at
-their own sizes that receive the trained weights by layer name. `model.keras` holds the final
-weights; the best epoch's are in `checkpoints/best/`. The per-epoch val mIoU is computed at
+their own sizes that receive the trained weights by layer name.
+
+One model, one number: a run hands over its FINAL weights, as the reference schedules
+(MMSegmentation, TF Model Garden) report theirs: choosing the best epoch on val and then quoting
+its val score would select on the evaluation split. `model.keras`, the SavedModel, the number
+`segflow train` prints last (`TrainResult.val_miou`), `metrics.json`, the report and the
+champion rule all refer to the final weights. The best epoch's weights stay in
+`checkpoints/best/`, labelled as selected on val, and are not exported. The per-epoch val mIoU is computed at
 `val_image_size` (labels resized nearest) for speed; `segflow evaluate` scores at full resolution.
 """
 
@@ -55,7 +62,9 @@ class TrainResult(NamedTuple):
     history: list[dict]
     steps: int  # optimizer steps of the whole run
     resumed_from_step: int  # 0 for a fresh run
-    best_val_miou: float | None
+    best_val_miou: float | None  # of checkpoints/best/ (selected on val; not exported)
+    val_miou: float | None = None  # of the exported (final) weights, measured at the last epoch's end
+    best_epoch: int | None = None
 
 
 def train(
@@ -119,8 +128,16 @@ def train(
     model_path, saved_model_dir = export(export_model, out_dir)
 
     best_dir = out_dir / CHECKPOINT_DIR / checkpoints.BEST_DIR
-    best_miou = checkpoints.read_state(best_dir)["val_miou"] if best_dir.is_dir() else None
-    return TrainResult(out_dir, model_path, saved_model_dir, read_history(out_dir), total_steps, start_step, best_miou)
+    best = checkpoints.read_state(best_dir) if best_dir.is_dir() else {}
+    history = read_history(out_dir)
+    # The exported weights are the final ones: their val mIoU is the last epoch's, if that epoch
+    # ended after the run's last step (a run killed between its last step and the epoch-end
+    # validation has none).
+    final = history[-1]["val_miou"] if history and history[-1]["step"] == total_steps else None
+    return TrainResult(
+        out_dir, model_path, saved_model_dir, history, total_steps, start_step,
+        best.get("val_miou"), final, best.get("epoch"),
+    )  # fmt: skip
 
 
 def default_strategy():
@@ -238,7 +255,10 @@ def _all_layers(model: keras.Model):
 
 
 def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
-    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/`, each atomically."""
+    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/` (uint8 images of any
+    size in, labelIds and trainIds out: `segflow.serving`), each atomically."""
+    from segflow.serving import export_saved_model
+
     model_path = out_dir / MODEL_FILE
     descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".keras")
     os.close(descriptor)
@@ -252,7 +272,7 @@ def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
     saved_model_dir = out_dir / SAVED_MODEL_DIR
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".saved_model."))
     try:
-        model.export(staging / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
+        export_saved_model(model, staging / SAVED_MODEL_DIR)
         if saved_model_dir.exists():
             os.replace(saved_model_dir, staging / "previous")
         os.replace(staging / SAVED_MODEL_DIR, saved_model_dir)
