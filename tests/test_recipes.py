@@ -140,3 +140,17 @@ def test_a_recipe_without_architecture_or_unknown_is_one_error():
     with pytest.raises(SegflowError, match="unknown recipe"):
         train_config(recipe="imagenet", architecture="unet")
     assert typing.get_args(recipes.RecipeName) == ("none", "cityscapes", "demo")
+
+
+def test_the_deployments_take_their_recipe_from_the_environment(monkeypatch):
+    from flows.deploy import environment_params
+
+    monkeypatch.delenv("SEGFLOW_DEMO", raising=False)
+    monkeypatch.delenv("SEGFLOW_RECIPE", raising=False)
+    assert environment_params().recipe == "cityscapes"
+    monkeypatch.setenv("SEGFLOW_RECIPE", "none")
+    params = environment_params()
+    assert params.recipe == "none" and params.train_config("icnet").crop_size is None
+    monkeypatch.setenv("SEGFLOW_RECIPE", "fastest")
+    with pytest.raises(ValueError, match="recipe"):
+        environment_params()
