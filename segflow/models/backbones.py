@@ -17,16 +17,17 @@ a per-channel constant). Every other tensor is copied unchanged.
 from __future__ import annotations
 
 import os
-import re
-import warnings
 
 import keras
-import numpy as np
 
 from segflow.errors import SegflowError
 
 # keras.applications.imagenet_utils, mode "caffe": the BGR mean subtracted from 0–255 pixels.
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# segflow's input normalisation, `segflow.augment.MEAN_RGB` / `STDDEV_RGB` (ImageNet statistics
+# of RGB in [0, 1]), repeated here so that models import no TensorFlow; a test keeps them equal.
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
 
 # Network → (keras.applications constructor name, its first convolution).
 ENCODERS = {"ResNet50": "conv1_conv", "VGG16": "block1_conv1"}
@@ -81,29 +82,31 @@ def _reference(network: str, weights: str) -> keras.Model:
         return constructor(include_top=False, weights="imagenet", input_shape=(None, None, 3))
     reference = constructor(include_top=False, weights=None, input_shape=(None, None, 3))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Keras' per-container notes; the error below says it all
-            reference.load_weights(weights)
+        reference.load_weights(weights)
     except Exception as error:  # Keras raises ValueError, h5py OSError/KeyError: all mean "does not fit"
-        layer = re.search(r"name=([\w/.-]+)", str(error)) or re.search(r"layer[^\w]+([\w/.-]+)", str(error))
-        first_line = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
-        named = f"first mismatching layer {layer[1]!r}" if layer else "its layers do not match"
-        raise SegflowError(f"{weights} is not a keras.applications {network} weights file: {named} ({first_line})") from None
+        message = str(error).strip()
+        # Keras names the first layer that failed as "<Conv2D name=conv1_conv, built=True>".
+        layer = message.partition("name=")[2].split(",")[0].split(">")[0].strip()
+        named = f"first mismatching layer {layer!r}" if layer else "its layers do not match"
+        detail = message.splitlines()[-1][:300] if message else type(error).__name__
+        raise SegflowError(f"{weights} is not a keras.applications {network} weights file: {named} ({detail})") from None
     return reference
 
 
-def _adapt_first_convolution(kernel: np.ndarray, bias: np.ndarray | None = None) -> list[np.ndarray]:
+def _adapt_first_convolution(kernel, bias=None) -> list:
     """Kernel and bias that give, on segflow-normalised RGB, the original outputs on caffe BGR.
 
     caffe[k] = 255·(std[c]·x[c] + mean[c]) − CAFFE_MEAN_BGR[k] with c = 2 − k, so
     kernel'[..., c, :] = 255·std[c]·kernel[..., 2 − c, :] and
     bias' = bias + Σ kernel[..., 2 − c, :]·(255·mean[c] − CAFFE_MEAN_BGR[2 − c]).
     """
-    from segflow.augment import MEAN_RGB, STDDEV_RGB
-
-    rgb_kernel = kernel[:, :, ::-1, :]
-    new_kernel = rgb_kernel * (255.0 * np.asarray(STDDEV_RGB, dtype=np.float64))[None, None, :, None]
-    offset = 255.0 * np.asarray(MEAN_RGB) - np.asarray(CAFFE_MEAN_BGR)[::-1]
-    shift = np.einsum("hwco,c->o", rgb_kernel.astype(np.float64), offset)
-    new_bias = (bias if bias is not None else 0.0) + shift
-    return [new_kernel.astype(kernel.dtype), np.asarray(new_bias, dtype=kernel.dtype)]
+    ops = keras.ops
+    rgb_kernel = ops.flip(ops.cast(kernel, "float64"), axis=2)
+    scale = ops.convert_to_tensor([255.0 * std for std in STDDEV_RGB], dtype="float64")
+    offset = ops.convert_to_tensor(
+        [255.0 * mean - caffe for mean, caffe in zip(MEAN_RGB, reversed(CAFFE_MEAN_BGR))], dtype="float64"
+    )
+    new_kernel = rgb_kernel * ops.reshape(scale, (1, 1, 3, 1))
+    shift = ops.einsum("hwco,c->o", rgb_kernel, offset)
+    new_bias = shift if bias is None else ops.cast(bias, "float64") + shift
+    return [ops.convert_to_numpy(ops.cast(tensor, kernel.dtype)) for tensor in (new_kernel, new_bias)]

@@ -93,6 +93,13 @@ def test_a_file_of_another_network_is_one_error_naming_the_first_mismatching_lay
         build("segnet", input_shape=SHAPE, weights=str(files["ResNet50"][1]))
 
 
+def test_the_input_normalisation_is_segflows():
+    from segflow import augment
+    from segflow.models import backbones
+
+    assert (backbones.MEAN_RGB, backbones.STDDEV_RGB) == (augment.MEAN_RGB, augment.STDDEV_RGB)
+
+
 def test_encoder_weights_need_full_width_and_an_existing_file(tmp_path):
     with pytest.raises(SegflowError, match="width=1.0"):
         build("segnet", input_shape=SHAPE, width=0.5, weights="imagenet")
