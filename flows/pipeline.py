@@ -45,7 +45,7 @@ def cityscapes_pipeline(params: PipelineParams = PipelineParams()):
     work_dir = Path(params.work_dir).resolve()
     run_dir = work_dir / "runs" / run_id
 
-    data_root = get_dataset(params.source, str(work_dir), params.synthetic_images, params.synthetic_size, params.seed)
+    data_root = get_dataset(params.source, str(work_dir), params.synthetic_images, params.synthetic_size, params.training.seed)
     records_dir = get_records(data_root, str(work_dir / "records" / Path(data_root).name))
 
     outcomes = _train_and_evaluate(params, records_dir, run_dir, run_id)
