@@ -21,7 +21,35 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SegflowError as error:
-            raise click.ClickException(str(error)) from error
+            from segflow.uris import redact
+
+            raise click.ClickException(redact(error)) from None
+
+
+def _location(what: str, kinds: tuple[str, ...] = ("local", "s3")):
+    """A click callback checking a location option (segflow/uris.py) before the command runs."""
+
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        from segflow.uris import check as check_uri
+
+        try:
+            checked = check_uri(value, what, kinds=kinds)
+        except SegflowError as error:
+            raise click.BadParameter(str(error)) from None
+        return type(value)(checked) if isinstance(value, Path) else checked
+
+    return check
+
+
+def _source(ctx, param, value):
+    from segflow.uris import check_source, reveal
+
+    try:
+        return reveal(check_source(value, "--source"))
+    except SegflowError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.group(cls=_Group)
@@ -35,7 +63,7 @@ def cli():
 
 # --- download ------------------------------------------------------------------------------
 @cli.command()
-@click.option("--source", default="cityscapes", show_default=True,
+@click.option("--source", default="cityscapes", show_default=True, callback=_source,
               help="cityscapes (the website; CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD), cityscapes+http://HOST,"
                    " s3://bucket/prefix/, https://host/folder/, file:///folder or a local folder.")
 @click.option("--downloads", "downloads_dir", default="downloads", show_default=True,
@@ -65,7 +93,7 @@ def download(source, downloads_dir, packages, data_root):
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Cityscapes folder holding leftImg8bit/ and gtFine/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the TFRecords and manifest.json (replaced as a whole).")
+              callback=_location("--out", ("local",)), help="Folder for the TFRecords and manifest.json (replaced as a whole).")
 @click.option("--splits", default="train,val,test", show_default=True, help="Comma-separated splits.")
 @click.option("--shards", type=click.IntRange(min=1), help="Shards per split.  [default: about 128 MiB each]")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.  [default: one per core]")
@@ -91,7 +119,8 @@ def convert(data_dir, out_dir, splits, shards, workers):
 @click.option("--split", default="val", show_default=True, help="Ground-truth split to score.")
 @click.option("--workers", default=1, show_default=True, help="Threads reading and counting images.")
 @click.option("--model", type=click.Path(path_type=Path), help="Exported model to evaluate (with --records).")
-@click.option("--records", type=click.Path(file_okay=False, path_type=Path), help="TFRecords folder (with --model).")
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), callback=_location("--records", ("local",)),
+              help="TFRecords folder (with --model).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="metrics.json to write (with --predictions); output folder (with --model).")
 def evaluate(predictions, ground_truth, split, workers, model, records, out):
@@ -131,9 +160,9 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
 @click.option("--arch", "architecture", type=click.Choice(typing.get_args(Architecture)),
               help="Architecture (required unless --config gives it).")
 @click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="TFRecords folder from `segflow convert`.")
+              callback=_location("--records", ("local",)), help="TFRecords folder from `segflow convert`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
+              callback=_location("--out", ("local",)), help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
 @click.option("--width", type=float, help="Channel width multiplier.  [default: 1.0]")
 @click.option("--image-size", help="HxW images are resized to; the exported model's input.  [default: 512x1024]")
 @click.option("--crop-size", help="HxW random training crops.  [default: whole images]")
@@ -211,11 +240,11 @@ def synth(out, train, val, test, height, width, seed, zips):
 
 # --- report --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--runs", required=True,
+@click.option("--runs", required=True, callback=_location("--runs"),
               help="Run folder or s3:// URI (run.json + one folder per architecture), or `segflow train` output folder(s).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.html, report.json and report.md.")
-@click.option("--records", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), callback=_location("--records", ("local",)),
               help="TFRecords folder to take the sample images from.  [default: the run's own data, if on this machine]")
 @click.option("--samples", "num_samples", default=3, show_default=True, type=click.IntRange(min=0),
               help="Val images shown with each architecture's prediction.")
@@ -236,7 +265,7 @@ def report(runs, out_dir, records, num_samples):
               help="Folder for the work files (work/) and the published results (results/).")
 @click.option("--arch", "architectures", multiple=True, type=click.Choice(typing.get_args(Architecture)),
               help="Architecture to train (repeat for several).  [default: all five]")
-@click.option("--results", "results_uri", help="Results store: a folder or s3://bucket/prefix.  [default: OUT/results]")
+@click.option("--results", "results_uri", callback=_location("--results"), help="Results store: a folder or s3://bucket/prefix.  [default: OUT/results]")
 def demo(out_dir, architectures, results_uri):
     """Run the whole pipeline flow on synthetic data with tiny models, on Prefect's embedded API.
 
