@@ -123,7 +123,8 @@ def convert(data_dir, out_dir, splits, shards, workers):
               help="TFRecords folder (with --model).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="metrics.json to write (with --predictions); output folder (with --model).")
-def evaluate(predictions, ground_truth, split, workers, model, records, out):
+@click.option("--force", is_flag=True, help="Score predictions even if they look like trainIds.")
+def evaluate(predictions, ground_truth, split, workers, model, records, out, force):
     """Score predictions with the official Cityscapes metrics (IoU, iIoU, categories).
 
     Either --predictions with --ground-truth, or --model with --records.
@@ -145,7 +146,7 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out):
     from segflow.metrics import write_metrics
     from segflow.scoring import score_folder
 
-    metrics = score_folder(predictions, ground_truth, split=split, workers=workers)
+    metrics = score_folder(predictions, ground_truth, split=split, workers=workers, force=force)
     write_metrics(metrics, out)
     click.echo(f"{out}: mIoU {metrics['miou']}, iIoU {metrics['mean_iiou']} over {metrics['num_images']} images")
 
@@ -190,11 +191,26 @@ def train(config_file, records, out, quiet, **settings):
     Example: segflow train --arch unet --records records/ --out runs/unet --image-size 256x512 --epochs 20
     """
     config = train_config(config_file, **settings)  # checked before TensorFlow loads
+    _check_records(records, ("train", "val"))  # and before anything is written
     from segflow.train import train as train_model
 
     result = train_model(config, records, out, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
     click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+
+
+def _check_records(records: Path, splits: tuple[str, ...]) -> None:
+    """A records folder holding `splits`, each matching its manifest.json (segflow.convert)."""
+    if not records.is_dir():
+        raise SegflowError(f"records folder {records} does not exist")
+    if (records / "manifest.json").is_file():
+        from segflow.convert import verify_records
+
+        verify_records(records, splits)
+        return
+    missing = [split for split in splits if not any(records.glob(f"{split}-*-of-*.tfrecord"))]
+    if missing:
+        raise SegflowError(f"records folder {records} has no {' or '.join(missing)} shards: run `segflow convert`")
 
 
 # --- predict -------------------------------------------------------------------------------

@@ -184,3 +184,58 @@ def test_booleans_are_still_booleans():
     assert train_config(architecture="unet", class_weights=True, epochs=3).class_weights is True
     with pytest.raises(ValidationError, match="epochs\n.*True is a boolean, not a number"):
         demo_params(epochs=True)
+
+
+# === The whole pipeline: the secret is nowhere ===
+
+
+@pytest.mark.slow
+def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowhere(
+    private_folder, s3_bucket, s3_endpoint, tmp_path, monkeypatch, capfd
+):
+    import os
+
+    import boto3
+    from prefect.settings import get_current_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from segflow import synthetic
+
+    url, folder = private_folder
+    synthetic.write_dataset(tmp_path / "synthetic", train=6, val=2, test=1, height=64, width=128, zips=True)
+    for name in ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"):
+        (tmp_path / "synthetic" / name).rename(folder / name)
+    endpoint_secret = "endpoint-" + SECRET
+    monkeypatch.setenv("SEGFLOW_S3_ENDPOINT_URL", s3_endpoint.replace("http://", f"http://keeper:{endpoint_secret}@"))
+    params = demo_params(
+        source=url, results_uri=f"{s3_bucket}/results", work_dir=str(tmp_path / "work"), architectures=["unet"],
+        epochs=1, steps_per_epoch=2, batch_size=2, checkpoint_every_steps=1,
+    )  # fmt: skip
+
+    with prefect_test_harness(server_startup_timeout=180):
+        database = get_current_settings().server.database.connection_url.get_secret_value()
+        from flows.pipeline import cityscapes_pipeline
+
+        state = cityscapes_pipeline(params, return_state=True)
+        assert state.is_completed(), state.message
+        summary = state.result()
+        assert summary["miou"]["unet"] is not None  # the data really came through the authenticated folder
+        database_dir = os.path.dirname(database.split("///", 1)[1])
+        database_bytes = b"".join(
+            open(os.path.join(database_dir, name), "rb").read() for name in os.listdir(database_dir)
+            if os.path.isfile(os.path.join(database_dir, name))
+        )  # fmt: skip
+
+    terminal = capfd.readouterr()
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = s3_bucket.removeprefix("s3://")
+    published = b"".join(
+        client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        for item in client.list_objects_v2(Bucket=bucket)["Contents"]
+    )
+    work_files = b"".join(path.read_bytes() for path in (tmp_path / "work").rglob("*") if path.is_file())
+    assert len(published) > 0 and len(work_files) > 0 and len(database_bytes) > 0
+    for secret in (SECRET, endpoint_secret):
+        for place, blob in [("terminal", (terminal.out + terminal.err).encode()), ("results", published),
+                            ("work folder", work_files), ("Prefect database", database_bytes)]:  # fmt: skip
+            assert secret.encode() not in blob, f"{secret} found in the {place}"
