@@ -136,6 +136,7 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out, for
     if model or records:
         if not (model and records):
             raise click.UsageError("--model and --records are both required (or --predictions with --ground-truth)")
+        _not_into(out, records, "--out", "--records")
         from segflow.evaluate import evaluate_model
 
         metrics = evaluate_model(model, records, out, split=split)
@@ -143,6 +144,9 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out, for
         return
     if not (predictions and ground_truth):
         raise click.UsageError("--predictions and --ground-truth are both required (or --model with --records)")
+    for folder, name in ((predictions, "--predictions"), (ground_truth, "--ground-truth")):
+        if out.suffix.lower() == ".png" and out.resolve().is_relative_to(folder.resolve()):
+            raise SegflowError(f"--out {out} is a PNG inside {name} {folder}: scoring reads it; write metrics.json elsewhere")
     from segflow.metrics import write_metrics
     from segflow.scoring import score_folder
 
@@ -192,11 +196,22 @@ def train(config_file, records, out, quiet, **settings):
     """
     config = train_config(config_file, **settings)  # checked before TensorFlow loads
     _check_records(records, ("train", "val"))  # and before anything is written
+    _not_into(out, records, "--out", "--records")
     from segflow.train import train as train_model
 
     result = train_model(config, records, out, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
     click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+
+
+def _not_into(out: Path, folder: Path, out_name: str, folder_name: str) -> None:
+    """An output folder may not be, or hold, a folder the command reads (nor lie inside it)."""
+    out_path, read_path = out.resolve(), folder.resolve()
+    if out_path.is_relative_to(read_path) or read_path.is_relative_to(out_path):
+        raise SegflowError(
+            f"{out_name} {out} and {folder_name} {folder} overlap: the command would write among the files it reads;"
+            " choose a separate output folder"
+        )
 
 
 def _check_records(records: Path, splits: tuple[str, ...]) -> None:

@@ -207,3 +207,36 @@ def test_convert_and_predict_refuse_the_same_non_rgb_photo_with_the_fix(mode, tm
     result = _predict(image, tmp_path / "out")
     assert result.exit_code == 1 and "segflow reads 8-bit RGB photos" in result.output and "convert('RGB')" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_train_and_evaluate_refuse_an_output_among_what_they_read(records, tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read")
+    before = sorted(path.name for path in records.iterdir())
+    for arguments in (["train", "--arch", "unet", "--records", str(records), "--out", str(records / "run")],
+                      ["evaluate", "--model", str(model), "--records", str(records), "--out", str(records)]):  # fmt: skip
+        result = CliRunner().invoke(cli, arguments)
+        assert result.exit_code == 1 and f"and --records {records} overlap" in result.output, result.output
+    assert sorted(path.name for path in records.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_a_cached_convert_step_reruns_when_its_records_no_longer_verify(dataset, tmp_path):
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.data import get_records
+
+    @flow
+    def records_flow(data_root: str, records_dir: str) -> str:
+        return get_records(data_root, records_dir)
+
+    out = tmp_path / "records"
+    with prefect_test_harness(server_startup_timeout=180):
+        records_flow(str(dataset), str(out))
+        verify_records(out)
+        [shard] = _val_shards(out)
+        shard.unlink()
+        records_flow(str(dataset), str(out))
+    assert shard.is_file()
+    verify_records(out)  # the step ran again instead of being a cache hit over a broken folder

@@ -235,6 +235,8 @@ def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowh
     )
     work_files = b"".join(path.read_bytes() for path in (tmp_path / "work").rglob("*") if path.is_file())
     assert len(published) > 0 and len(work_files) > 0 and len(database_bytes) > 0
+    shown = b"http://***@127.0.0.1"  # the run name and parameters are there, in their shown form
+    assert shown in database_bytes and shown in published and shown in (terminal.out + terminal.err).encode()
     for secret in (SECRET, endpoint_secret):
         for place, blob in [("terminal", (terminal.out + terminal.err).encode()), ("results", published),
                             ("work folder", work_files), ("Prefect database", database_bytes)]:  # fmt: skip
