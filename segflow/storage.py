@@ -38,7 +38,7 @@ MiB = 1024 * 1024
 # Files above this size go up and down in parts, several at a time.
 MULTIPART_THRESHOLD = 64 * MiB
 MULTIPART_CHUNKSIZE = 64 * MiB
-ENDPOINT_ENV_VARS = ("SEGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+ENDPOINT_ENV_VARS = uris.ENDPOINT_ENV_VARS
 _CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 LATEST = "latest.json"
 CHECKPOINTS_SEGMENT = "/checkpoints/"
@@ -94,16 +94,9 @@ def s3_client(endpoint_url: str | None = None):
     Clients are reused (making one takes ~0.1 s) but a change of the AWS_* credential variables
     gives a new one: boto3's own default session would keep the first credentials it saw.
     """
-    endpoint_url = endpoint_url or endpoint_from_env()
+    endpoint_url = endpoint_url or uris.endpoint_from_env()  # checked, without any user:password@
     credential_env = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV_VARS)
     return _new_s3_client(endpoint_url, credential_env)
-
-
-def endpoint_from_env() -> str | None:
-    """The S3 endpoint named by the first of ENDPOINT_ENV_VARS that is set, checked, without any
-    `user:password@` (S3 signs with its own keys; the URL's userinfo would only reach messages)."""
-    name = next((name for name in ENDPOINT_ENV_VARS if os.environ.get(name)), None)
-    return uris.check_endpoint(os.environ[name], name) if name else None
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ from segflow.errors import SegflowError
 
 HIDDEN = "***"
 SOURCE_ENV = "SEGFLOW_SOURCE"
+ENDPOINT_ENV_VARS = ("SEGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 SOURCE_NAMES = ("cityscapes", "synthetic")
 # Bucket names as S3 allows them: 3-63 lowercase letters, digits, dots and hyphens
 # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html).
@@ -77,6 +78,7 @@ def check(uri: str | os.PathLike, what: str, *, kinds: tuple[str, ...] = ("local
             raise SegflowError(f"{what}: {text!r} has no bucket; expected s3://bucket or s3://bucket/prefix")
         if not _BUCKET.fullmatch(bucket):
             raise SegflowError(f"{what}: {bucket!r} in {text!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
+        endpoint_from_env()  # the store it will be reached through, checked now rather than at the first upload
     if kind == "http" and not urllib.parse.urlsplit(text).hostname:
         raise SegflowError(f"{what}: {redact(text)!r} has no host; expected {text.split(':')[0]}://host/path")
     if kind == "local" and not _local_part(text):
@@ -93,6 +95,13 @@ def check_source(source: str, what: str = "source") -> str:
         check(text[len("cityscapes+") :], what, kinds=("http",))
         return hide(text)
     return hide(check(text, what, kinds=("local", "s3", "http")))
+
+
+def endpoint_from_env() -> str | None:
+    """The S3 endpoint named by the first of ENDPOINT_ENV_VARS that is set, checked (see
+    `check_endpoint`), or None for AWS itself."""
+    name = next((name for name in ENDPOINT_ENV_VARS if os.environ.get(name)), None)
+    return check_endpoint(os.environ[name], name) if name else None
 
 
 def check_endpoint(url: str, what: str) -> str:

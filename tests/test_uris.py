@@ -103,13 +103,17 @@ def test_an_endpoint_with_credentials_never_appears_in_an_error(monkeypatch):
     with pytest.raises(SegflowError) as raised:
         storage.read_text("s3://some-bucket/x.json")
     assert "cannot reach the S3 endpoint" in str(raised.value) and SECRET not in str(raised.value)
-    assert storage.endpoint_from_env() == "http://127.0.0.1:1"
+    assert uris.endpoint_from_env() == "http://127.0.0.1:1"
 
 
-def test_a_malformed_endpoint_names_its_variable(monkeypatch):
+def test_a_malformed_endpoint_names_its_variable_when_an_s3_location_is_read(monkeypatch):
     monkeypatch.setenv("SEGFLOW_S3_ENDPOINT_URL", "minio:9000")
-    with pytest.raises(SegflowError, match="SEGFLOW_S3_ENDPOINT_URL: 'minio:9000' is a local folder, expected http"):
-        storage.endpoint_from_env()
+    message = "SEGFLOW_S3_ENDPOINT_URL: 'minio:9000' is a local folder, expected http"
+    with pytest.raises(SegflowError, match=message):
+        demo_params(results_uri="s3://my-bucket/results")
+    with pytest.raises(SegflowError, match=message):
+        storage.read_text("s3://my-bucket/x.json")
+    assert demo_params(results_uri="local-results").results_uri == "local-results"
 
 
 @pytest.fixture
