@@ -12,9 +12,8 @@ Formats:
 
 Outputs are written flat into the output folder (Cityscapes keys are unique across cities), each
 through a temporary file and a rename. Before any work, `check_outputs` refuses two inputs that
-map to one output name (`frame_0001.jpg` and `frame_0001.png`), an output that would replace an
-input, and an output folder inside the images folder (its PNGs would be read as images next
-time); `check_image` refuses an image that is not 8-bit RGB, as `segflow convert` does. Inference is at full resolution: images are batched,
+map to one output name (`frame_0001.jpg` and `frame_0001.png`) and an output that would replace an
+input; `check_image` refuses an image that is not 8-bit RGB, as `segflow convert` does. Inference is at full resolution: images are batched,
 resized to the model's input size, and the logits resized back to each image's own size before
 the argmax (`segflow.evaluate.make_predictor`), exactly as `segflow evaluate --model` scores.
 """
@@ -96,7 +95,8 @@ def output_name(path: Path, format: Format) -> str:
 
 def check_outputs(paths: list[Path], images: str | os.PathLike, out_dir: Path, format: Format) -> dict[Path, Path]:
     """`{input: output path}`; SegflowError naming the files if two inputs share an output or an
-    output would replace an input or land where the inputs are searched."""
+    output would replace an input (a later run over a folder that holds earlier predictions
+    meets this check too: each earlier output maps onto itself)."""
     outputs, by_output = {}, {}
     for path in paths:
         output = out_dir / output_name(path, format)
@@ -111,11 +111,6 @@ def check_outputs(paths: list[Path], images: str | os.PathLike, out_dir: Path, f
         raise SegflowError(
             f"the predictions would replace the input images {', '.join(clobbered[:3])}: choose an --out folder"
             " that holds no input image"
-        )
-    if Path(str(images)).is_dir() and out_dir.resolve().is_relative_to(Path(str(images)).resolve()):
-        raise SegflowError(
-            f"the output folder {out_dir} is inside the images folder {images}: its PNGs would be read as images"
-            " by the next run; choose an --out folder outside it"
         )
     return outputs
 

@@ -75,9 +75,11 @@ def check(uri: str | os.PathLike, what: str, *, kinds: tuple[str, ...] = ("local
     if kind == "s3":
         bucket = text[len("s3://") :].split("/", 1)[0]
         if not bucket:
-            raise SegflowError(f"{what}: {text!r} has no bucket; expected s3://bucket or s3://bucket/prefix")
+            raise SegflowError(f"{what}: {redact(text)!r} has no bucket; expected s3://bucket or s3://bucket/prefix")
         if not _BUCKET.fullmatch(bucket):
-            raise SegflowError(f"{what}: {bucket!r} in {text!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)")
+            raise SegflowError(
+                f"{what}: {redact('s3://' + bucket)[5:]!r} in {redact(text)!r} is not an S3 bucket name (3-63 of a-z 0-9 . -)"
+            )
         endpoint_from_env()  # the store it will be reached through, checked now rather than at the first upload
     if kind == "http" and not urllib.parse.urlsplit(text).hostname:
         raise SegflowError(f"{what}: {redact(text)!r} has no host; expected {text.split(':')[0]}://host/path")
