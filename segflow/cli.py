@@ -22,7 +22,35 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except SegflowError as error:
-            raise click.ClickException(str(error)) from error
+            from segflow.uris import redact
+
+            raise click.ClickException(redact(error)) from None
+
+
+def _location(what: str, kinds: tuple[str, ...] = ("local", "s3")):
+    """A click callback checking a location option (segflow/uris.py) before the command runs."""
+
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        from segflow.uris import check as check_uri
+
+        try:
+            checked = check_uri(value, what, kinds=kinds)
+        except SegflowError as error:
+            raise click.BadParameter(str(error)) from None
+        return type(value)(checked) if isinstance(value, Path) else checked
+
+    return check
+
+
+def _source(ctx, param, value):
+    from segflow.uris import check_source, reveal
+
+    try:
+        return reveal(check_source(value, "--source"))
+    except SegflowError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.group(cls=_Group)
@@ -36,7 +64,7 @@ def cli():
 
 # --- download ------------------------------------------------------------------------------
 @cli.command()
-@click.option("--source", default="cityscapes", show_default=True,
+@click.option("--source", default="cityscapes", show_default=True, callback=_source,
               help="cityscapes (the website; CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD), cityscapes+http://HOST,"
                    " s3://bucket/prefix/, https://host/folder/, file:///folder or a local folder.")
 @click.option("--downloads", "downloads_dir", default="downloads", show_default=True,
@@ -66,7 +94,7 @@ def download(source, downloads_dir, packages, data_root):
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Cityscapes folder holding leftImg8bit/ and gtFine/.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the TFRecords and manifest.json (replaced as a whole).")
+              callback=_location("--out", ("local",)), help="Folder for the TFRecords and manifest.json (replaced as a whole).")
 @click.option("--splits", default="train,val,test", show_default=True, help="Comma-separated splits.")
 @click.option("--shards", type=click.IntRange(min=1), help="Shards per split.  [default: about 128 MiB each]")
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes.  [default: one per core]")
@@ -92,10 +120,12 @@ def convert(data_dir, out_dir, splits, shards, workers):
 @click.option("--split", default="val", show_default=True, help="Ground-truth split to score.")
 @click.option("--workers", default=1, show_default=True, help="Threads reading and counting images.")
 @click.option("--model", type=click.Path(path_type=Path), help="Exported model to evaluate (with --records).")
-@click.option("--records", type=click.Path(file_okay=False, path_type=Path), help="TFRecords folder (with --model).")
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), callback=_location("--records", ("local",)),
+              help="TFRecords folder (with --model).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="metrics.json to write (with --predictions); output folder (with --model).")
-def evaluate(predictions, ground_truth, split, workers, model, records, out):
+@click.option("--force", is_flag=True, help="Score predictions even if they look like trainIds.")
+def evaluate(predictions, ground_truth, split, workers, model, records, out, force):
     """Score predictions with the official Cityscapes metrics (IoU, iIoU, categories).
 
     Either --predictions with --ground-truth, or --model with --records.
@@ -107,6 +137,7 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out):
     if model or records:
         if not (model and records):
             raise click.UsageError("--model and --records are both required (or --predictions with --ground-truth)")
+        _not_into(out, records, "--out", "--records")
         from segflow.evaluate import evaluate_model
 
         metrics = evaluate_model(model, records, out, split=split)
@@ -114,10 +145,13 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out):
         return
     if not (predictions and ground_truth):
         raise click.UsageError("--predictions and --ground-truth are both required (or --model with --records)")
+    for folder, name in ((predictions, "--predictions"), (ground_truth, "--ground-truth")):
+        if out.suffix.lower() == ".png" and out.resolve().is_relative_to(folder.resolve()):
+            raise SegflowError(f"--out {out} is a PNG inside {name} {folder}: scoring reads it; write metrics.json elsewhere")
     from segflow.metrics import write_metrics
     from segflow.scoring import score_folder
 
-    metrics = score_folder(predictions, ground_truth, split=split, workers=workers)
+    metrics = score_folder(predictions, ground_truth, split=split, workers=workers, force=force)
     write_metrics(metrics, out)
     click.echo(f"{out}: mIoU {metrics['miou']}, iIoU {metrics['mean_iiou']} over {metrics['num_images']} images")
 
@@ -174,9 +208,9 @@ def _default_text(value) -> str:
 @click.option("--arch", "architecture", type=click.Choice(typing.get_args(Architecture)),
               help="Architecture (required unless --config gives it).")
 @click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="TFRecords folder from `segflow convert`.")
+              callback=_location("--records", ("local",)), help="TFRecords folder from `segflow convert`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
+              callback=_location("--out", ("local",)), help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
 @settings_options
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
 def train(config_file, recipe, records, out, quiet, **settings):
@@ -185,6 +219,8 @@ def train(config_file, recipe, records, out, quiet, **settings):
     Example: segflow train --recipe cityscapes --arch icnet --records records/ --out runs/icnet --batch-size 4
     """
     config = train_config(config_file, recipe=recipe, **settings)  # checked before TensorFlow loads
+    _check_records(records, ("train", "val"))  # and before anything is written
+    _not_into(out, records, "--out", "--records")
     from segflow.train import train as train_model
 
     result = train_model(config, records, out, verbose=0 if quiet else 2)
@@ -217,6 +253,30 @@ def recipes(name, markdown):
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+
+
+def _not_into(out: Path, folder: Path, out_name: str, folder_name: str) -> None:
+    """An output folder may not be, or hold, a folder the command reads (nor lie inside it)."""
+    out_path, read_path = out.resolve(), folder.resolve()
+    if out_path.is_relative_to(read_path) or read_path.is_relative_to(out_path):
+        raise SegflowError(
+            f"{out_name} {out} and {folder_name} {folder} overlap: the command would write among the files it reads;"
+            " choose a separate output folder"
+        )
+
+
+def _check_records(records: Path, splits: tuple[str, ...]) -> None:
+    """A records folder holding `splits`, each matching its manifest.json (segflow.convert)."""
+    if not records.is_dir():
+        raise SegflowError(f"records folder {records} does not exist")
+    if (records / "manifest.json").is_file():
+        from segflow.convert import verify_records
+
+        verify_records(records, splits)
+        return
+    missing = [split for split in splits if not any(records.glob(f"{split}-*-of-*.tfrecord"))]
+    if missing:
+        raise SegflowError(f"records folder {records} has no {' or '.join(missing)} shards: run `segflow convert`")
 
 
 # --- predict -------------------------------------------------------------------------------
@@ -262,11 +322,11 @@ def synth(out, train, val, test, height, width, seed, zips):
 
 # --- report --------------------------------------------------------------------------------
 @cli.command()
-@click.option("--runs", required=True,
+@click.option("--runs", required=True, callback=_location("--runs"),
               help="Run folder or s3:// URI (run.json + one folder per architecture), or `segflow train` output folder(s).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.html, report.json and report.md.")
-@click.option("--records", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), callback=_location("--records", ("local",)),
               help="TFRecords folder to take the sample images from.  [default: the run's own data, if on this machine]")
 @click.option("--samples", "num_samples", default=3, show_default=True, type=click.IntRange(min=0),
               help="Val images shown with each architecture's prediction.")
@@ -283,7 +343,7 @@ def report(runs, out_dir, records, num_samples):
 
 # --- clean ---------------------------------------------------------------------------------
 @cli.command()
-@click.argument("results_uri")
+@click.argument("results_uri", callback=_location("RESULTS"))
 @click.option("--keep", required=True, type=int, help="Newest runs to keep (latest.json's run and champions are always kept).")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
 def clean(results_uri, keep, dry_run):
@@ -308,7 +368,7 @@ def clean(results_uri, keep, dry_run):
               help="Folder for the work files (work/) and the published results (results/).")
 @click.option("--arch", "architectures", multiple=True, type=click.Choice(typing.get_args(Architecture)),
               help="Architecture to train (repeat for several).  [default: all five]")
-@click.option("--results", "results_uri", help="Results store: a folder or s3://bucket/prefix.  [default: OUT/results]")
+@click.option("--results", "results_uri", callback=_location("--results"), help="Results store: a folder or s3://bucket/prefix.  [default: OUT/results]")
 def demo(out_dir, architectures, results_uri):
     """Run the whole pipeline flow on synthetic data with tiny models, on Prefect's embedded API.
 

@@ -9,10 +9,20 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from segflow import uris
 from segflow.recipes import RecipeName
 
 Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]
@@ -25,6 +35,30 @@ def parse_image_size(text: str) -> ImageSize:
     if not match or 0 in (int(match[1]), int(match[2])):
         raise ValueError(f"image size must look like HEIGHTxWIDTH, e.g. 512x1024; got {text!r}")
     return int(match[1]), int(match[2])
+
+
+# Locations, checked when the parameters are read (segflow/uris.py); credentials in a source are hidden.
+SourceUri = Annotated[str, AfterValidator(lambda value: uris.check_source(value))]
+StoreUri = Annotated[str, AfterValidator(lambda value: uris.check(value, "results_uri"))]
+LocalFolder = Annotated[str, AfterValidator(lambda value: uris.check(value, "work_dir", kinds=("local",)))]
+# The form a setting with several values takes, for error messages.
+_FORMS = {
+    "image_size": '[HEIGHT, WIDTH] or "HEIGHTxWIDTH", e.g. [512, 1024]',
+    "crop_size": '[HEIGHT, WIDTH] or "HEIGHTxWIDTH", e.g. [512, 1024]',
+    "val_image_size": '[HEIGHT, WIDTH] or "HEIGHTxWIDTH", e.g. [256, 512]',
+    "synthetic_size": '[HEIGHT, WIDTH] or "HEIGHTxWIDTH", e.g. [128, 256]',
+    "scale_range": "[MIN, MAX], e.g. [0.5, 2.0]",
+    "synthetic_images": "[TRAIN, VAL] image counts, e.g. [16, 6]",
+}
+
+
+def _no_booleans(cls, value, info: ValidationInfo):
+    """true/false is not a number (pydantic would take `"epochs": true` as 1)."""
+    if cls.model_fields[info.field_name].annotation is not bool and (
+        isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(item, bool) for item in value))
+    ):
+        raise ValueError(f"{value!r} is a boolean, not a number")
+    return value
 
 
 def _size_from_text(value):
@@ -109,6 +143,7 @@ class TrainSettings(BaseModel):
     )
 
     _sizes_from_text = field_validator("image_size", "crop_size", "val_image_size", mode="before")(_size_from_text)
+    _numbers_not_booleans = field_validator("*", mode="before")(classmethod(_no_booleans))
 
     @field_validator("image_size", "crop_size", "val_image_size")
     @classmethod
@@ -182,14 +217,17 @@ def train_config(config_file: str | os.PathLike | None = None, recipe: str | Non
     try:
         return TrainConfig(**settings)
     except ValidationError as error:
-        problems = "; ".join(_describe(problem) for problem in error.errors())
+        problems = "; ".join(_describe(problem, settings) for problem in error.errors())
         raise SegflowError(f"invalid training settings: {problems}") from None
 
 
-def _describe(problem: dict) -> str:
+def _describe(problem: dict, settings: dict) -> str:
     if not problem["loc"]:  # a rule across settings: its message names them
         return problem["msg"].removeprefix("Value error, ")
     message = problem["msg"].removeprefix("Value error, ")
+    setting = problem["loc"][0]
+    if len(problem["loc"]) > 1 and setting in _FORMS:  # one item of a pair is wrong or missing
+        return f"{setting}: {settings.get(setting)!r} is not valid; expected {_FORMS[setting]}"
     if problem["type"] == "missing":
         return f"{problem['loc'][0]}: required"
     value = problem.get("input")
@@ -213,7 +251,7 @@ class PipelineParams(BaseModel):
     architectures: list[Architecture] = Field(
         list(DEFAULT_ARCHITECTURES), min_length=1, description="Architectures to train, each as its own task."
     )
-    source: str = Field(
+    source: SourceUri = Field(
         "cityscapes",
         description="Where the data comes from: 'cityscapes' (the official site; credentials from "
         "CITYSCAPES_USERNAME/CITYSCAPES_PASSWORD or the 'cityscapes-credentials' Secret block), "
@@ -247,13 +285,14 @@ class PipelineParams(BaseModel):
         description="Run each training as this deployment (e.g. 'train-architecture/gpu') on a GPU work pool "
         "instead of in this flow run's worker; needs an s3:// results URI.",
     )
-    results_uri: str = Field(
+    results_uri: StoreUri = Field(
         "segflow-results", description="Where results are published: a local folder or s3://bucket/prefix."
     )
-    work_dir: str = Field("segflow-work", description="Local folder for downloads, records and training state.")
+    work_dir: LocalFolder = Field("segflow-work", description="Local folder for downloads, records and training state.")
     promote_champions: bool = Field(True, description="Move an architecture's champion pointer when its val mIoU improves.")
 
     _sizes_from_text = field_validator("synthetic_size", mode="before")(_size_from_text)
+    _numbers_not_booleans = field_validator("*", mode="before")(classmethod(_no_booleans))
 
     @model_validator(mode="after")
     def _every_architecture_valid(self):
@@ -262,7 +301,8 @@ class PipelineParams(BaseModel):
             try:
                 self.train_config(architecture)
             except ValidationError as error:
-                problems = "; ".join(_describe(problem) for problem in error.errors())
+                settings = {**self.training.model_dump(), **self.overrides.get(architecture, {})}
+                problems = "; ".join(_describe(problem, settings) for problem in error.errors())
                 raise ValueError(f"{architecture}: {problems}") from None
         return self
 

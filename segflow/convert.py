@@ -50,6 +50,7 @@ from segflow.records import RecordWriter, encode_example, encode_label_png, shar
 
 FORMAT_VERSION = 1  # bump when the records or the manifest change meaning: old outputs then rebuild
 MANIFEST_NAME = "manifest.json"
+HASH_LIMIT_BYTES = 256 * 2**20  # verify_records hashes a split's shards only up to this total
 TARGET_SHARD_BYTES = 128 * 2**20  # default shard size: large enough for fast reads, enough shards to interleave
 _SHARD_NAME = re.compile(r"^[a-z]+-\d{5}-of-\d{5}\.tfrecord$")
 _LABEL_ID_TO_TRAIN_ID_LIST = LABEL_ID_TO_TRAIN_ID.tolist()
@@ -134,6 +135,56 @@ def read_manifest(out_dir: str | Path) -> dict | None:
         return json.loads((Path(out_dir) / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
+
+
+def verify_records(records_dir: str | os.PathLike, splits: tuple[str, ...] | None = None, *, hash_limit: int = HASH_LIMIT_BYTES) -> dict:
+    """Check the shards of `splits` (None: every split) in `records_dir` against its manifest.json
+    and return the manifest; raises one SegflowError naming every missing, extra or changed shard.
+
+    Names and sizes are always checked; sha256 too when a split's shards total at most
+    `hash_limit` bytes (hashing Cityscapes' 11 GB at every read would cost more than it finds: a
+    shard changed in place without changing its size still fails TFRecord's per-record CRC32C
+    when it is read).
+    """
+    records_dir = Path(records_dir)
+    manifest = read_manifest(records_dir)
+    if manifest is None:
+        raise SegflowError(f"{records_dir / MANIFEST_NAME} is missing or unreadable: run `segflow convert` again")
+    known = manifest.get("splits", {})
+    splits = tuple(known) if splits is None else tuple(splits)
+    problems = []
+    for split in splits:
+        if split not in known:
+            problems.append(f"split {split!r} is not in it (it has {', '.join(known) or 'none'})")
+            continue
+        shards = known[split]["shards"]
+        listed = {shard["name"] for shard in shards}
+        on_disk = {path.name for path in records_dir.glob(f"{split}-*-of-*.tfrecord")}
+        problems += [f"{name} is missing" for name in sorted(listed - on_disk)]
+        problems += [f"{name} is not in the manifest" for name in sorted(on_disk - listed)]
+        present = [shard for shard in shards if shard["name"] in on_disk]
+        hashed = sum(shard["bytes"] for shard in shards) <= hash_limit
+        for shard in present:
+            path = records_dir / shard["name"]
+            size = path.stat().st_size
+            if size != shard["bytes"]:
+                problems.append(f"{shard['name']} has {size} bytes, the manifest says {shard['bytes']}")
+            elif hashed and _file_sha256(path) != shard["sha256"]:
+                problems.append(f"{shard['name']} has changed (its sha256 differs from the manifest's)")
+    if problems:
+        raise SegflowError(
+            f"the records in {records_dir} no longer match {MANIFEST_NAME}: {'; '.join(problems)};"
+            " run `segflow convert` again"
+        )
+    return manifest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(8 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def summary(manifest: dict, out_dir: str | Path) -> str:

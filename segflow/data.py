@@ -281,6 +281,10 @@ def list_shards(records: str | os.PathLike, split: str | None = None) -> list[st
         if split is None:
             raise SegflowError(f"{records} is a folder: name the split to read from it (train, val or test)")
         pattern = os.path.join(records, shard_pattern(split))
+        if os.path.isfile(os.path.join(records, "manifest.json")):
+            from segflow.convert import verify_records
+
+            verify_records(records, (split,))  # no shard missing, extra or changed
     else:
         pattern = records
     files = sorted(tf.io.gfile.glob(pattern))

@@ -28,7 +28,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from segflow import __version__, atomic, storage
+from segflow import __version__, atomic, storage, uris
 from segflow.cityscapes import PACKAGES
 from segflow.errors import SegflowError
 
@@ -110,7 +110,7 @@ def fetch_packages(
     Example:
         zips = fetch_packages("cityscapes", "downloads/")
     """
-    kind, location, names = _resolve(source, packages)
+    kind, location, names = _resolve(uris.reveal(source), packages)
     if kind == "local":
         return _local_packages(Path(location), names)
     dest_dir = Path(dest_dir)
@@ -140,7 +140,7 @@ def package_fingerprints(
     For a cache key: the site's MD5; on S3 the stored MD5 (or ETag); on the web the ETag (or
     size and date); locally the size and modification time.
     """
-    kind, location, names = _resolve(source, packages)
+    kind, location, names = _resolve(uris.reveal(source), packages)
     if kind == "site":
         site = CityscapesSite(credentials or Credentials.from_env(), url=location, retry=retry)
         site.login()
@@ -176,26 +176,28 @@ def _resolve(source: str, packages: Iterable[str]) -> tuple[str, str, list[str]]
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """`(kind, location)` with kind `site`, `s3`, `http` or `local`; trailing slashes removed."""
+    """`(kind, location)` with kind `site`, `s3`, `http` or `local`; trailing slashes removed.
+
+    A malformed or unsupported source is one SegflowError (see `segflow.uris.check_source`).
+    """
     text = str(source).strip()
     if text == SITE_SOURCE:
         return "site", SITE_URL
     if text.startswith(SITE_SOURCE + "+"):
         url = text[len(SITE_SOURCE) + 1 :]
         if not url.startswith(("http://", "https://")):
-            raise SegflowError(f"data source {text!r}: expected cityscapes+http://HOST or cityscapes+https://HOST")
+            raise SegflowError(
+                f"data source {uris.redact(text)!r}: expected cityscapes+http://HOST or cityscapes+https://HOST"
+            )
+        uris.check(url, "data source", kinds=("http",))
         return "site", url.rstrip("/")
+    text = uris.check(text, "data source", kinds=("local", "s3", "http"))
     if text.startswith("s3://"):
         return "s3", text.rstrip("/")
     if text.startswith(("http://", "https://")):
         if urllib.parse.urlsplit(text).hostname == urllib.parse.urlsplit(SITE_URL).hostname:
             return "site", SITE_URL
         return "http", text.rstrip("/")
-    if "://" in text and not text.startswith("file://"):
-        raise SegflowError(
-            f"unsupported data source {text!r}: use 'cityscapes', s3://bucket/prefix/, https://host/folder/,"
-            " file:///folder or a local folder"
-        )
     return "local", str(storage.local_path(text)).rstrip("/")
 
 
@@ -231,9 +233,8 @@ class CityscapesSite:
 
     def __init__(self, credentials: Credentials, *, url: str = SITE_URL, retry: RetryPolicy = RetryPolicy()):
         self.credentials = credentials
-        self.url = url.rstrip("/")
+        self.session, self.url = _http_session(url.rstrip("/"))  # a user:password@ becomes basic auth
         self.retry = retry
-        self.session = _new_session()
         self._packages: dict[str, Package] | None = None
 
     def login(self) -> None:
@@ -426,6 +427,10 @@ def _with_retries(action: Callable[[], T], what: str, retry: RetryPolicy) -> T:
 
 
 def _describe(error: Exception) -> str:
+    return uris.redact(_reason(error))
+
+
+def _reason(error: Exception) -> str:
     if isinstance(error, requests.Timeout) or "timed out" in str(error).lower():
         return f"timed out ({error.__class__.__name__})"
     if isinstance(error, (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError)):

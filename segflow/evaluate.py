@@ -81,6 +81,25 @@ def confusion_matrix(model, dataset, predictor=None):
     return matrix
 
 
+_NO_GROUND_TRUTH = (
+    "the {split} split in {where} has no evaluated ground truth: every label pixel is void (ignored), so"
+    " there is nothing to score (Cityscapes withholds the test labels: score val, or submit test"
+    " predictions to the benchmark server)"
+)
+
+
+def _check_ground_truth(records_dir: str | os.PathLike, split: str) -> None:
+    """Before any work: the records match their manifest and `split` has labelled pixels."""
+    from segflow.convert import read_manifest, verify_records
+
+    if read_manifest(records_dir) is None:
+        return  # records without a manifest: checked while reading
+    manifest = verify_records(records_dir, (split,))
+    pixels = manifest["splits"][split].get("class_pixels", {})
+    if pixels and not any(count for name, count in pixels.items() if name != "ignore"):
+        raise SegflowError(_NO_GROUND_TRUTH.format(split=split, where=records_dir))
+
+
 def evaluate_model(
     model_path: str | os.PathLike,
     records_dir: str | os.PathLike,
@@ -102,9 +121,10 @@ def evaluate_model(
     from segflow.metrics import ConfusionMatrix, summarize, write_metrics
     from segflow.models.complexity import gflops
 
-    model = load_model(model_path)
     if not Path(records_dir).is_dir():
         raise SegflowError(f"records folder {records_dir} does not exist")
+    _check_ground_truth(records_dir, split)
+    model = load_model(model_path)
     dataset = data.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
     predictor = make_predictor(model)
 
@@ -124,6 +144,8 @@ def evaluate_model(
     total_seconds = time.perf_counter() - started
     if num_images == 0:
         raise SegflowError(f"{records_dir} has no {split} examples")
+    if not matrix.counts.sum():
+        raise SegflowError(_NO_GROUND_TRUTH.format(split=split, where=records_dir))
 
     latencies = _latencies_ms(predictor, first_images, tuple(first_images.shape[1:3]))
     metrics = {

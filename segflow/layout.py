@@ -204,7 +204,13 @@ def _check_headers(sample: Sample) -> list[Problem]:
     label_header, label_problem = _header(sample.label_ids)
     problems = [problem for problem in (image_problem, label_problem) if problem]
     if image_header and (image_header.bit_depth, image_header.color_type) != (8, 2):
-        problems.append(Problem(sample.image, f"wrong mode {image_header.mode}, expected 8-bit RGB"))
+        problems.append(
+            Problem(
+                sample.image,
+                f"wrong mode {image_header.mode}, expected 8-bit RGB (as `segflow predict`); convert it first, e.g."
+                " with Pillow: Image.open(path).convert('RGB').save(path)",
+            )
+        )
     if label_header and (label_header.bit_depth, label_header.color_type) != (8, 0):
         problems.append(Problem(sample.label_ids, f"wrong mode {label_header.mode}, expected 8-bit grayscale labelIds"))
     if image_header and label_header and image_header[:2] != label_header[:2]:

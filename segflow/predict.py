@@ -5,12 +5,15 @@ Formats:
   and `segflow evaluate --predictions` read. The server matches a prediction to its image by the
   `{city}_{seq}_{frame}` key in the file name, so each output keeps its input's name
   (`berlin_000000_000019_leftImg8bit.png`).
-- `trainIds`: 8-bit single-channel PNG of trainIds 0..18.
+- `trainIds`: 8-bit single-channel PNG of trainIds 0..18, named `{input stem}_trainIds.png` so a
+  trainIds folder is never mistaken for labelIds (`segflow evaluate` refuses such files).
 - `color`: RGB PNG in the Cityscapes palette.
 - `overlay`: the input with the colour prediction blended over it at 50 %.
 
 Outputs are written flat into the output folder (Cityscapes keys are unique across cities), each
-through a temporary file and a rename. Inference is at full resolution: images are batched,
+through a temporary file and a rename. Before any work, `check_outputs` refuses two inputs that
+map to one output name (`frame_0001.jpg` and `frame_0001.png`) and an output that would replace an
+input; `check_image` refuses an image that is not 8-bit RGB, as `segflow convert` does. Inference is at full resolution: images are batched,
 resized to the model's input size, and the logits resized back to each image's own size before
 the argmax (`segflow.evaluate.make_predictor`), exactly as `segflow evaluate --model` scores.
 """
@@ -68,9 +71,12 @@ def predict_images(
     if format not in FORMATS:
         raise SegflowError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
     paths = find_images(images)
+    out_dir = Path(out_dir)
+    outputs = check_outputs(paths, images, out_dir, format)
+    for path in paths:
+        check_image(path)
     model = load_model(model_path)
     predictor = make_predictor(model)
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     written = []
@@ -78,8 +84,55 @@ def predict_images(
         pixels = np.stack([read_rgb(path) for path in batch_paths])
         train_ids = predictor(normalize(pixels), pixels.shape[1:3]).astype(np.uint8)
         for path, rgb, prediction in zip(batch_paths, pixels, train_ids):
-            written.append(_write_png(render(prediction, rgb, format), out_dir / path.with_suffix(".png").name))
+            written.append(_write_png(render(prediction, rgb, format), outputs[path]))
     return written
+
+
+def output_name(path: Path, format: Format) -> str:
+    """The output file name of input `path`: its stem + `.png` (`_trainIds.png` for trainIds)."""
+    return path.stem + ("_trainIds.png" if format == "trainIds" else ".png")
+
+
+def check_outputs(paths: list[Path], images: str | os.PathLike, out_dir: Path, format: Format) -> dict[Path, Path]:
+    """`{input: output path}`; SegflowError naming the files if two inputs share an output or an
+    output would replace an input (a later run over a folder that holds earlier predictions
+    meets this check too: each earlier output maps onto itself)."""
+    outputs, by_output = {}, {}
+    for path in paths:
+        output = out_dir / output_name(path, format)
+        if output in by_output:
+            raise SegflowError(
+                f"{by_output[output]} and {path} would both be written to {output}; rename one of them"
+            )
+        by_output[output], outputs[path] = path, output
+    inputs = {path.resolve() for path in paths}
+    clobbered = sorted(str(output) for output in outputs.values() if output.resolve() in inputs)
+    if clobbered:
+        raise SegflowError(
+            f"the predictions would replace the input images {', '.join(clobbered[:3])}: choose an --out folder"
+            " that holds no input image"
+        )
+    return outputs
+
+
+def check_image(path: Path) -> None:
+    """An 8-bit RGB PNG or JPEG (Cityscapes' leftImg8bit), else SegflowError with the fix: the
+    same rule `segflow convert` applies, so what one reads the other reads too."""
+    try:
+        with Image.open(path) as image:
+            mode, kind = image.mode, image.format
+    except (OSError, SyntaxError) as error:
+        raise SegflowError(f"{path} is not a readable PNG or JPEG image") from error
+    if mode != "RGB":
+        raise SegflowError(
+            f"{path} is a {kind} image in mode {mode} ({_MODE_NAMES.get(mode, mode)}); segflow reads 8-bit RGB photos."
+            f" Convert it first, e.g. python -c \"from PIL import Image; Image.open('{path.name}').convert('RGB')"
+            f".save('{path.stem}.png')\""
+        )
+
+
+_MODE_NAMES = {"P": "palette", "L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGB+alpha", "I;16": "16-bit",
+               "I": "32-bit integer", "CMYK": "CMYK", "1": "1-bit"}  # fmt: skip
 
 
 def read_rgb(path: Path) -> np.ndarray:

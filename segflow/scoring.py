@@ -98,6 +98,7 @@ def score_folder(
     ground_truth_root: str | os.PathLike,
     split: str = "val",
     workers: int = 1,
+    force: bool = False,
 ) -> dict:
     """Score every ground-truth image of `split` under `ground_truth_root`/gtFine against its prediction.
 
@@ -105,13 +106,55 @@ def score_folder(
     `class_iiou`, `category_miou`, `category_iou`, `mean_category_iiou`, `category_iiou`,
     `pixel_accuracy`, `num_images` and `label_id_confusion_matrix`. Scores are None for a class
     that neither ground truth nor prediction contains. `workers` threads read and count images.
+
+    Raises SegflowError, unless `force`, when the predictions look like trainIds (files named
+    `*_trainIds.png` by `segflow predict`, or values that are trainIds: see `_looks_like_train_ids`),
+    which scored as labelIds give a meaningless mIoU near 0; and always when the split has no
+    evaluated ground truth (every pixel void, as in Cityscapes' test split), where there is
+    nothing to score.
     """
     ground_truth_files = find_ground_truth(ground_truth_root, split)
     prediction_files = match_predictions(ground_truth_files, predictions_dir)
+    named = [path for path in prediction_files if path.name.endswith(TRAIN_IDS_SUFFIX)]
+    if named and not force:
+        raise SegflowError(
+            f"{len(named)} of {len(prediction_files)} predictions are trainIds files ({named[0].name}, written by"
+            f" `segflow predict --format trainIds`); scoring needs labelIds: predict with --format labelIds"
+            " (or pass --force to score them as labelIds anyway)"
+        )
     # Threads suffice: PNG decoding and numpy release the GIL, and nothing is pickled or spawned.
     with ThreadPoolExecutor(max(1, workers)) as pool:
         total = sum(pool.map(count_image, prediction_files, ground_truth_files), start=empty_counts())
+    if not total.label_id_matrix[EVALUATED_LABEL_IDS].sum():
+        raise SegflowError(
+            f"the {split} split under {ground_truth_root} has no evaluated ground truth: every pixel of its"
+            f" {len(ground_truth_files)} labelIds images is void (ignored), so there is nothing to score"
+            " (Cityscapes withholds the test labels: score val, or submit test predictions to the benchmark server)"
+        )
+    if not force and _looks_like_train_ids(total.label_id_matrix.sum(axis=0)):
+        raise SegflowError(
+            f"the predictions in {predictions_dir} look like trainIds, not labelIds: they use only values 0..18,"
+            " mostly the void labelIds 0..6, and never person (24) or car (26); scored as labelIds they would"
+            " give a meaningless mIoU. Write labelIds (segflow.cityscapes.to_label_ids, or `segflow predict"
+            " --format labelIds`), or pass --force to score them as they are"
+        )
     return score_counts(total) | {"num_images": len(ground_truth_files)}
+
+
+TRAIN_IDS_SUFFIX = "_trainIds.png"
+VOID_LABEL_IDS = np.arange(7)  # unlabeled, ego vehicle, rectification border, out of roi, static, dynamic, ground
+
+
+def _looks_like_train_ids(predicted_pixels: np.ndarray) -> bool:
+    """Whether predicted-labelId pixel counts are those of trainIds maps: no value above 18 (the
+    last trainId), at least a quarter of the pixels on void labelIds 0..6 (which a model writing
+    labelIds never predicts; as trainIds they are road..pole), and none on person or car."""
+    total = predicted_pixels.sum()
+    return bool(
+        total
+        and not predicted_pixels[19:].any()
+        and predicted_pixels[VOID_LABEL_IDS].sum() >= total / 4
+    )
 
 
 def find_ground_truth(ground_truth_root: str | os.PathLike, split: str) -> list[Path]:

@@ -39,14 +39,14 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from segflow import atomic
+from segflow import atomic, uris
 from segflow.errors import SegflowError
 
 MiB = 1024 * 1024
 # Files above this size go up and down in parts, several at a time.
 MULTIPART_THRESHOLD = 64 * MiB
 MULTIPART_CHUNKSIZE = 64 * MiB
-ENDPOINT_ENV_VARS = ("SEGFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+ENDPOINT_ENV_VARS = uris.ENDPOINT_ENV_VARS
 _CREDENTIAL_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 LATEST = "latest.json"
 CHECKPOINTS_SEGMENT = "/checkpoints/"
@@ -103,7 +103,7 @@ def s3_client(endpoint_url: str | None = None):
     Clients are reused (making one takes ~0.1 s) but a change of the AWS_* credential variables
     gives a new one: boto3's own default session would keep the first credentials it saw.
     """
-    endpoint_url = endpoint_url or next((os.environ[name] for name in ENDPOINT_ENV_VARS if os.environ.get(name)), None)
+    endpoint_url = endpoint_url or uris.endpoint_from_env()  # checked, without any user:password@
     credential_env = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV_VARS)
     return _new_s3_client(endpoint_url, credential_env)
 
@@ -142,14 +142,14 @@ def _s3_errors(uri: str) -> Iterator[None]:
             raise SegflowError(f"not found: {uri}") from None
         raise SegflowError(f"S3 request for {uri} failed ({code})") from error
     except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as error:
-        raise SegflowError(f"cannot reach the S3 endpoint for {uri}: {error}") from None
+        raise SegflowError(f"cannot reach the S3 endpoint for {uri}: {uris.redact(error)}") from None
     except boto3.exceptions.S3UploadFailedError as error:
         # upload_file wraps ClientError in this; its message holds only the code and reason.
         if any(code in str(error) for code in _CREDENTIAL_ERRORS):
             raise SegflowError(
                 f"S3 rejected the credentials for {uri}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
             ) from None
-        raise SegflowError(f"upload to {uri} failed: {error}") from None
+        raise SegflowError(f"upload to {uri} failed: {uris.redact(error)}") from None
 
 
 def _transfer_config() -> TransferConfig:

@@ -11,6 +11,7 @@ from prefect.tasks import exponential_backoff
 
 from segflow import convert, dataset
 from segflow.download import Credentials
+from segflow.errors import SegflowError
 
 CREDENTIALS_BLOCK = "cityscapes-credentials"
 
@@ -93,6 +94,11 @@ def get_dataset(source: str, work_dir: str, synthetic_images, synthetic_size, se
 
 
 def get_records(data_root: str, records_dir: str) -> str:
-    """`convert_records`, cached unless the records it once wrote are gone."""
-    ready = convert.read_manifest(records_dir) is not None
+    """`convert_records`, cached unless the records it once wrote are gone or no longer match
+    their manifest (a shard deleted, cut short or changed)."""
+    try:
+        convert.verify_records(records_dir)
+        ready = True
+    except SegflowError:
+        ready = False
     return convert_records.with_options(refresh_cache=not ready)(data_root, records_dir)

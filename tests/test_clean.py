@@ -56,3 +56,8 @@ def test_dry_run_lists_and_deletes_nothing(results_uri, tmp_path):
 def test_negative_keep_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["clean", str(tmp_path), "--keep", "-1"])
     assert result.exit_code == 1 and "--keep must be 0 or more; got -1" in result.output
+
+
+def test_a_store_without_bucket_is_refused_before_anything(tmp_path):
+    result = CliRunner().invoke(cli, ["clean", "s3://", "--keep", "1"])
+    assert result.exit_code == 2 and "RESULTS" in result.output and "bucket" in result.output

@@ -261,7 +261,7 @@ def test_fingerprints_name_each_package_without_downloading(site, credentials, s
 
 
 def test_unsupported_source_is_named():
-    with pytest.raises(SegflowError, match="unsupported data source 'ftp://host/x'"):
+    with pytest.raises(SegflowError, match="data source: unsupported scheme ftp:// in .ftp://host/x."):
         fetch_packages("ftp://host/x", "unused")
 
 

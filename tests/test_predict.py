@@ -60,7 +60,7 @@ def test_train_ids_color_and_overlay_formats_agree(trained, dataset, tmp_path):
         _predict(trained.model_path, pattern, tmp_path / output_format, "--format", output_format, "--batch-size", "3")
     for path in sorted((tmp_path / "labelIds").iterdir()):
         label_ids = np.asarray(Image.open(path))
-        train_ids = np.asarray(Image.open(tmp_path / "trainIds" / path.name))
+        train_ids = np.asarray(Image.open(tmp_path / "trainIds" / f"{path.stem}_trainIds.png"))
         assert train_ids.max() < 19
         np.testing.assert_array_equal(to_label_ids(train_ids), label_ids)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "color" / path.name)), colorize(train_ids))
