@@ -132,8 +132,10 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
               help="Architecture (required unless --config gives it).")
 @click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="TFRecords folder from `segflow convert`.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
+@click.option("--out", required=True,
+              help="Run folder or s3:// URI: checkpoints, logs, exported model. Reuse it to resume.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Local working folder of an s3:// --out.  [default: $SEGFLOW_CACHE/runs/<hash of the URI>]")
 @click.option("--width", type=float, help="Channel width multiplier.  [default: 1.0]")
 @click.option("--image-size", help="HxW images are resized to; the exported model's input.  [default: 512x1024]")
 @click.option("--crop-size", help="HxW random training crops.  [default: whole images]")
@@ -155,17 +157,33 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 @click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
-def train(config_file, records, out, quiet, **settings):
+def train(config_file, records, out, work_dir, quiet, **settings):
     """Train a model on the records; rerun with the same --out to resume after an interruption.
+
+    With an s3:// --out, each checkpoint is uploaded as soon as it is written, and the same command
+    on another machine resumes from the newest complete checkpoint in the store.
 
     Example: segflow train --arch unet --records records/ --out runs/unet --image-size 256x512 --epochs 20
     """
+    from segflow import storage
+
     config = train_config(config_file, **settings)  # checked before TensorFlow loads
+    if storage.is_s3(out):
+        storage.split_s3(out)
+    elif work_dir is not None:
+        raise SegflowError("--work-dir is for an s3:// --out only")
     from segflow.train import train as train_model
 
-    result = train_model(config, records, out, verbose=0 if quiet else 2)
+    result = train_model(config, records, out, work_dir=work_dir, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
-    click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+    skipped = "".join(f" (skipped damaged checkpoint {path})" for path, _ in result.skipped_checkpoints)
+    location = storage.join(result.out_uri, "model.keras") if result.out_uri else result.model_path
+    click.echo(f"{location}: {result.steps} steps{resumed}{skipped}, best val mIoU {result.best_val_miou}")
+    if result.loss_scale is not None:
+        click.echo(
+            f"mixed precision: {result.optimizer_updates} of {result.steps} optimizer updates applied "
+            f"(the others were skipped by dynamic loss scaling), final loss scale {result.loss_scale:g}"
+        )
 
 
 # --- predict -------------------------------------------------------------------------------
