@@ -212,7 +212,7 @@ def test_a_run_in_s3_resumes_on_another_machine_after_its_process_group_is_kille
         return [sys.executable, "-m", "segflow", "train", "--records", str(records), "--out", uri,
                 "--work-dir", str(work_dir), "--quiet", *options]  # fmt: skip
 
-    env = {**SUBPROCESS_ENV, "SEGFLOW_S3_ENDPOINT_URL": os.environ["SEGFLOW_S3_ENDPOINT_URL"]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}  # with the fixture's S3 settings
     first = subprocess.Popen(command(tmp_path / "machine-1"), env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     deadline = time.monotonic() + 500
@@ -222,7 +222,7 @@ def test_a_run_in_s3_resumes_on_another_machine_after_its_process_group_is_kille
         assert time.monotonic() < deadline, "no checkpoint reached the store within 500 s"
         names = storage.list_files(f"{uri}/checkpoints")
         uploaded = [name.split("/")[0] for name in names if name.startswith("step-") and name.endswith(checkpoints.CHECKSUM_FILE)]
-        time.sleep(0.1)
+        time.sleep(0.5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     stored_step = max(int(name[len("step-") :]) for name in uploaded)
