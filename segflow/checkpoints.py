@@ -151,12 +151,22 @@ def find_resumable(directory: Path) -> Resume:
     return Resume(None, {}, [])
 
 
-def latest_checkpoint(directory: Path) -> tuple[Path, dict] | None:
-    """The intact checkpoint with the most steps, and its state; None if there is none (damaged
-    ones are skipped silently: for progress reports, not for resuming)."""
+def latest_checkpoint(directory: Path, *, verify: bool = False) -> tuple[Path, dict] | None:
+    """The newest step checkpoint that has its checksum file and a readable state, and that state;
+    None if there is none. Cheap (for progress reports); with `verify`, the files are checked
+    against their checksums too (`verify_checkpoint`). Damaged ones are passed over silently:
+    resuming uses `find_resumable`, which says what it skipped."""
     for checkpoint in reversed(step_checkpoints(directory)):
-        if verify_checkpoint(checkpoint) is None:
-            return checkpoint, read_state(checkpoint)
+        if verify and verify_checkpoint(checkpoint) is not None:
+            continue
+        if not (checkpoint / CHECKSUM_FILE).is_file():
+            continue
+        try:
+            state = read_state(checkpoint)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            return checkpoint, state
     return None
 
 

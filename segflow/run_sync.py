@@ -67,7 +67,7 @@ class RunSync:
         """Download the store's newest complete checkpoint when it is newer than the newest intact
         local one, with the run's config, history and best checkpoint. Returns its step, or None
         when the local folder is as new (or the store holds no checkpoint)."""
-        local = checkpoints.latest_checkpoint(self.local_dir / run_files.CHECKPOINT_DIR)
+        local = checkpoints.latest_checkpoint(self.local_dir / run_files.CHECKPOINT_DIR, verify=True)
         local_step = local[1]["step"] if local else -1
         remote = self._remote_checkpoints()
         for name in sorted((name for name in remote if name.startswith(checkpoints.STEP_PREFIX)), reverse=True):
@@ -204,7 +204,7 @@ class RunSync:
         checkpoint, `best/`, the exported model, SavedModel, history, config, TensorBoard logs).
         Raises SegflowError if an upload fails."""
         self.stop()
-        step_dir = checkpoints.latest_checkpoint(self.local_dir / run_files.CHECKPOINT_DIR)
+        step_dir = checkpoints.latest_checkpoint(self.local_dir / run_files.CHECKPOINT_DIR, verify=True)
         for checkpoint in [step_dir[0] if step_dir else None, self.local_dir / run_files.CHECKPOINT_DIR / checkpoints.BEST_DIR]:
             if checkpoint is not None and checkpoint.is_dir():
                 self._upload_checkpoint(checkpoint)

@@ -555,7 +555,7 @@ def _check_finite_weights(model: keras.Model, step: int) -> None:
 
 
 def _diverged(what: str, step: int, checkpoint_dir: Path | None) -> SegflowError:
-    kept = checkpoints.latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    kept = checkpoints.latest_checkpoint(checkpoint_dir, verify=True) if checkpoint_dir else None
     where = f"; the last checkpoint before it, step {kept[1]['step']}, is kept in {kept[0]}" if kept else ""
     return SegflowError(
         f"training diverged at step {step}: {what}{where}; nothing was exported. "
