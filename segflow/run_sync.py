@@ -81,7 +81,7 @@ class RunSync:
             for file in (run_files.CONFIG_FILE, run_files.HISTORY_FILE):
                 if storage.exists(storage.join(self.uri, file)):
                     storage.download_file(storage.join(self.uri, file), self.local_dir / file)
-            if checkpoints.BEST_DIR in remote:
+            if checkpoints.CHECKSUM_FILE in remote.get(checkpoints.BEST_DIR, ()):
                 self._download_checkpoint(checkpoints.BEST_DIR, remote[checkpoints.BEST_DIR], target.parent / checkpoints.BEST_DIR)
             step = checkpoints.read_state(target)["step"]
             print(f"downloaded checkpoint {name} from {self.uri}", file=sys.stderr, flush=True)

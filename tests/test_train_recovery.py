@@ -273,3 +273,18 @@ def test_training_into_a_full_disk_is_one_line_and_exit_code_1(records, tmp_path
         assert leftovers == [] and not (out / "checkpoints" / "step-000000002").exists()
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_train_in_subprocess_with_an_out_uri_keeps_the_run_in_the_store(records, s3_bucket, tmp_path):
+    """What the GPU-pool flow calls: the local folder is only a working copy."""
+    from segflow.config import train_config
+    from segflow.train_process import train_in_subprocess
+
+    uri = f"{s3_bucket}/runs/unet"
+    config = train_config(None, **{**SMALL_SETTINGS, "epochs": 1, "steps_per_epoch": 2})
+    result = train_in_subprocess(config, records, tmp_path / "work", out_uri=uri, poll_seconds=0.5)
+    assert [entry["step"] for entry in result["history"]] == [2]
+    stored = storage.list_files(uri)
+    assert {"model.keras", "history.json", "config.json", "checkpoints/step-000000002/checksums.json"} <= set(stored)
+    assert storage.read_json(f"{uri}/history.json") == result["history"]
