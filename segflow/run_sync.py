@@ -28,7 +28,6 @@ import threading
 from pathlib import Path
 
 from segflow import atomic, checkpoints, run_files, storage
-from segflow.errors import SegflowError
 
 KEEP_STEP_CHECKPOINTS = 2
 _UPLOAD_ORDER = (checkpoints.WEIGHTS_FILE, checkpoints.STATE_FILE, checkpoints.CHECKSUM_FILE)

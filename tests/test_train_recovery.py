@@ -13,11 +13,10 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from training_run import TINY_CONFIG, synthetic_records, trained_run
+from training_run import synthetic_records, trained_run
 
 from segflow import checkpoints, storage
 from segflow.cli import cli
-from segflow.errors import SegflowError
 
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 # A tiny run of 2 epochs of 4 steps, a checkpoint every 2 steps, 2 val images per epoch.
