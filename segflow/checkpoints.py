@@ -23,13 +23,15 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import keras
 import numpy as np
 
 from segflow import atomic
 from segflow.errors import SegflowError
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) stay out of processes that only read checkpoints
+    import keras
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
