@@ -69,11 +69,10 @@ def save_checkpoint(model: keras.Model, directory: Path, name: str, state: dict)
     target.parent.mkdir(parents=True, exist_ok=True)
     if shutil.disk_usage(target.parent).free < needed:
         raise atomic.disk_full_error(f"checkpoint {name}", target, needed)
-    with atomic.staging_dir(target) as staging:
-        with atomic.disk_full_as_error(f"checkpoint {name}", target, needed):
-            model.save_weights(staging / WEIGHTS_FILE)
-            atomic.write_json(staging / STATE_FILE, state)
-            atomic.write_json(staging / CHECKSUM_FILE, {file: _file_digest(staging / file) for file in CHECKSUMMED_FILES})
+    with atomic.staging_dir(target, what=f"checkpoint {name}", needed_bytes=needed) as staging:
+        model.save_weights(staging / WEIGHTS_FILE)
+        atomic.write_json(staging / STATE_FILE, state)
+        atomic.write_json(staging / CHECKSUM_FILE, {file: _file_digest(staging / file) for file in CHECKSUMMED_FILES})
     return target
 
 

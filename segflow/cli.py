@@ -155,6 +155,8 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
 @click.option("--mixed-precision/--no-mixed-precision", default=None, help="mixed_float16 compute.")
 @click.option("--jit/--no-jit", default=None, help="XLA-compile the train step.")
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
+@click.option("--cache-decoded", type=click.Choice(["auto", "on", "off"]),
+              help="Keep decoded train images in memory after epoch 1.  [default: auto, when they fit]")
 @click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
 def train(config_file, records, out, work_dir, quiet, **settings):
@@ -246,6 +248,27 @@ def report(runs, out_dir, records, num_samples):
 
     paths = write_report(runs, out_dir, records_dir=records, num_samples=num_samples)
     click.echo("\n".join(str(path) for path in paths.values()))
+
+
+# --- clean ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("results_uri")
+@click.option("--keep", required=True, type=int, help="Newest runs to keep (latest.json's run and champions are always kept).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def clean(results_uri, keep, dry_run):
+    """Delete all but the newest published runs of a results store (a folder or s3://bucket/prefix).
+
+    Example: segflow clean segflow-results --keep 5 --dry-run
+    """
+    from segflow.clean import clean as clean_runs
+
+    chosen = clean_runs(results_uri, keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for run_id in chosen.delete:
+        click.echo(f"{verb} runs/{run_id}")
+    for run_id, reason in sorted(chosen.protected.items()):
+        click.echo(f"kept runs/{run_id}: {reason}")
+    click.echo(f"{verb} {len(chosen.delete)} of {len(chosen.delete) + len(chosen.keep)} runs")
 
 
 # --- pipeline: demo, serve -----------------------------------------------------------------

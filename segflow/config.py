@@ -82,6 +82,10 @@ class TrainConfig(BaseModel):
     mixed_precision: bool = Field(False, description="Compute in float16 (keras mixed_float16 policy) with loss scaling.")
     jit: bool = Field(False, description="Compile the train step with XLA (jit_compile).")
     seed: int = Field(0, description="Seed for weights initialisation, shuffling and augmentation.")
+    cache_decoded: Literal["auto", "on", "off"] = Field(
+        "auto", description="Keep the decoded train images in memory after the first epoch, so later epochs skip "
+        "PNG decoding; auto = when they take at most half the available memory (H x W x 4 bytes per image).",
+    )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
     )

@@ -128,6 +128,7 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
+    print(data.startup_line(config, records_dir, model), flush=True)
     try:
         if sync:
             sync.start()
@@ -299,6 +300,7 @@ def _fit(
             resize=config.image_size,
             scale_range=config.scale_range,
             seed=config.seed + first_step,
+            cache_decoded=config.cache_decoded,
         )
         if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))
