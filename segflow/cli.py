@@ -209,27 +209,44 @@ def _default_text(value) -> str:
               help="Architecture (required unless --config gives it).")
 @click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
               callback=_location("--records", ("local",)), help="TFRecords folder from `segflow convert`.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              callback=_location("--out", ("local",)), help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
+@click.option("--out", required=True, callback=_location("--out"),
+              help="Run folder or s3:// URI: checkpoints, logs, exported model. Reuse it to resume.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Local working folder of an s3:// --out.  [default: $SEGFLOW_CACHE/runs/<hash of the URI>]")
 @settings_options
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
-def train(config_file, recipe, records, out, quiet, **settings):
+def train(config_file, recipe, records, out, work_dir, quiet, **settings):
     """Train a model on the records; rerun with the same --out to resume after an interruption.
+
+    With an s3:// --out, each checkpoint is uploaded as soon as it is written, and the same command
+    on another machine resumes from the newest complete checkpoint in the store.
 
     Example: segflow train --recipe cityscapes --arch icnet --records records/ --out runs/icnet --batch-size 4
     """
+    from segflow import storage
+
     config = train_config(config_file, recipe=recipe, **settings)  # checked before TensorFlow loads
     _check_records(records, ("train", "val"))  # and before anything is written
-    _not_into(out, records, "--out", "--records")
+    if not storage.is_s3(out):
+        if work_dir is not None:
+            raise SegflowError("--work-dir is for an s3:// --out only")
+        _not_into(Path(out), records, "--out", "--records")
     from segflow.train import train as train_model
 
-    result = train_model(config, records, out, verbose=0 if quiet else 2)
+    result = train_model(config, records, out, work_dir=work_dir, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
+    skipped = "".join(f" (skipped damaged checkpoint {path})" for path, _ in result.skipped_checkpoints)
+    location = storage.join(result.out_uri, "model.keras") if result.out_uri else result.model_path
     best = (f"; best epoch {result.best_epoch}: val mIoU {result.best_val_miou} (selected on val, kept in "
             f"checkpoints/best/, not exported)" if result.best_val_miou is not None else "")
     val_size = "x".join(str(side) for side in config.val_image_size or config.image_size)
     subset = f", first {config.val_max_examples} val images" if config.val_max_examples else ""
-    click.echo(f"{result.model_path}: {result.steps} steps{resumed}{best}")
+    click.echo(f"{location}: {result.steps} steps{resumed}{skipped}{best}")
+    if result.loss_scale is not None:
+        click.echo(
+            f"mixed precision: {result.optimizer_updates} of {result.steps} optimizer updates applied "
+            f"(the others were skipped by dynamic loss scaling), final loss scale {result.loss_scale:g}"
+        )
     click.echo(f"exported model (final weights): val mIoU {result.val_miou} (at {val_size}{subset})")
 
 

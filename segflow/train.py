@@ -42,7 +42,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from segflow import checkpoints, storage
+from segflow import atomic, checkpoints, storage
 from segflow.config import TrainConfig
 from segflow.errors import SegflowError
 
@@ -65,6 +65,10 @@ class TrainResult(NamedTuple):
     best_val_miou: float | None  # of checkpoints/best/ (selected on val; not exported)
     val_miou: float | None = None  # of the exported (final) weights, measured at the last epoch's end
     best_epoch: int | None = None
+    skipped_checkpoints: tuple = ()  # (path, what is wrong) of damaged checkpoints passed over
+    optimizer_updates: int | None = None  # applied; fewer than `steps` when loss scaling skipped some
+    loss_scale: float | None = None  # mixed precision's dynamic loss scale at the end
+    out_uri: str | None = None  # the results-store location when `out_dir` was an s3:// URI
 
 
 def train(
@@ -74,24 +78,40 @@ def train(
     *,
     strategy=None,
     verbose: int = 2,
+    work_dir: str | os.PathLike | None = None,
 ) -> TrainResult:
     """Train `config.architecture` on the `train` split of `records_dir`, scoring on `val` each epoch.
 
     Args:
         config: what to train and how.
         records_dir: a folder of `{split}-*.tfrecord` shards from `segflow convert`.
-        out_dir: the run folder (see the module docstring); reused to resume.
+        out_dir: the run folder (see the module docstring); reused to resume. An `s3://` URI makes
+            the run live in the store: it trains in a local working folder and uploads each
+            checkpoint as soon as it is written, and resumes from the store's newest complete
+            checkpoint when that is newer than the local one (`segflow.run_sync`).
         strategy: a `tf.distribute.Strategy`; default: MirroredStrategy over all GPUs if several
             are visible, else the default (single device) strategy.
         verbose: Keras `fit` verbosity (0 silent, 1 progress bar, 2 one line per epoch).
-    """
-    from segflow import data
+        work_dir: the local working folder of an `s3://` run; default: one derived from the URI
+            under $SEGFLOW_CACHE (`segflow.run_sync.default_work_dir`).
 
-    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    Raises SegflowError: a missing records folder; other settings than the run's; checkpoints
+    that exist but are all damaged (a damaged newest one is skipped with a warning); a loss or
+    weights that are not finite (the run stops at that step, keeping the checkpoints before it,
+    and exports nothing); a full disk.
+    """
+    from segflow import data, run_sync
+
+    records_dir = Path(records_dir)
     if not records_dir.is_dir():
         raise SegflowError(f"records folder {records_dir} does not exist")
+    sync = run_sync.RunSync(str(out_dir), work_dir) if storage.is_s3(out_dir) else None
+    out_dir = sync.local_dir if sync else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    latest = checkpoints.latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    if sync:
+        sync.restore()
+    resume = checkpoints.find_resumable(out_dir / CHECKPOINT_DIR)
+    latest = (resume.path, resume.state) if resume.path else None
     if latest is None:
         check_backbone_weights(config.backbone_weights)
     _check_same_run(config, out_dir / CONFIG_FILE, resuming=latest is not None)
@@ -121,15 +141,25 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
     print(data.startup_line(config, records_dir, model), flush=True)
-    if start_step < total_steps:
-        _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose)
-    # The exported model: float32, single output, at the full image size.
-    export_model = build_inference_model(config, config.image_size)
-    copy_weights(model, export_model)
-    model_path, saved_model_dir = export(export_model, out_dir)
+    try:
+        if sync:
+            sync.start()
+        _fit(
+            config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose,
+            resume_state=resume.state, on_checkpoint=sync.checkpoint_saved if sync else None,
+        )  # fmt: skip
+        _check_finite_weights(model, total_steps)  # never export a diverged model
+        # The exported model: float32, single output, at the full image size.
+        export_model = build_inference_model(config, config.image_size)
+        copy_weights(model, export_model)
+        model_path, saved_model_dir = export(export_model, out_dir)
+        if sync:
+            sync.finish()
+    finally:
+        if sync:
+            sync.stop()
 
-    best_dir = out_dir / CHECKPOINT_DIR / checkpoints.BEST_DIR
-    best = checkpoints.read_state(best_dir) if best_dir.is_dir() else {}
+    best = checkpoints.best_state(out_dir / CHECKPOINT_DIR) or {}
     history = read_history(out_dir)
     # The exported weights are the final ones: their val mIoU is the last epoch's, if that epoch
     # ended after the run's last step (a run killed between its last step and the epoch-end
@@ -138,6 +168,10 @@ def train(
     return TrainResult(
         out_dir, model_path, saved_model_dir, history, total_steps, start_step,
         best.get("val_miou"), final, best.get("epoch"),
+        skipped_checkpoints=tuple(resume.skipped),
+        optimizer_updates=_optimizer_steps(model),
+        loss_scale=_loss_scale(model),
+        out_uri=sync.uri if sync else None,
     )  # fmt: skip
 
 
@@ -290,10 +324,19 @@ def read_history(out_dir: Path) -> list[dict]:
 # === Fit ===
 
 
-def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose) -> None:
-    """Run the remaining steps: first the rest of an interrupted epoch, then the whole epochs."""
+def _fit(
+    config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose, *, resume_state=None, on_checkpoint=None
+) -> None:
+    """Run the remaining steps: first the epoch-end work of an epoch whose last step was
+    checkpointed but whose validation or history entry was not (a kill at an epoch boundary),
+    then the rest of an interrupted epoch, then the whole epochs."""
     from segflow import data
 
+    total_steps = steps_per_epoch * config.epochs
+    first_epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
+    epoch_end_missing = start_step > 0 and not done_in_epoch and not _epoch_end_done(out_dir, first_epoch)
+    if start_step >= total_steps and not epoch_end_missing:
+        return
     num_outputs = len(model.outputs)
 
     def train_data(first_step: int):
@@ -325,16 +368,23 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
         val_data = val_data.unbatch().take(config.val_max_examples).batch(config.batch_size)
 
     checkpoint_dir = out_dir / CHECKPOINT_DIR
-    best_dir = checkpoint_dir / checkpoints.BEST_DIR
-    best_miou = checkpoints.read_state(best_dir)["val_miou"] if best_dir.is_dir() else None
+    best = checkpoints.best_state(checkpoint_dir)
     val_model = build_inference_model(config, config.val_image_size or config.image_size)
+    validation = ValidationMIoU(val_model, val_data)
+    history = HistoryWriter(out_dir / HISTORY_FILE, config.batch_size, steps_per_epoch)
+    checkpointer = StepCheckpointer(
+        checkpoint_dir, config.checkpoint_every_steps, start_step, steps_per_epoch,
+        best["val_miou"] if best else None, on_checkpoint,
+    )  # fmt: skip
     callbacks = [
-        ValidationMIoU(val_model, val_data),
-        HistoryWriter(out_dir / HISTORY_FILE, config.batch_size),
-        StepCheckpointer(checkpoint_dir, config.checkpoint_every_steps, start_step, steps_per_epoch, best_miou),
+        FiniteLossGuard(checkpoint_dir, start_step),  # first: no checkpoint of a diverged step
+        validation,
+        history,
+        checkpointer,
         keras.callbacks.TensorBoard(str(out_dir / TENSORBOARD_DIR)),
     ]
-    first_epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
+    if epoch_end_missing:
+        _finish_epoch_end(model, first_epoch - 1, resume_state or {}, validation, history, checkpointer)
     if done_in_epoch:  # finish the interrupted epoch with its remaining steps only
         model.fit(
             train_data(start_step),
@@ -354,6 +404,48 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
             callbacks=callbacks,
             verbose=verbose,
         )
+
+
+def _epoch_end_done(out_dir: Path, epochs: int) -> bool:
+    """Whether `history.json` holds epoch `epochs` (1-based) and `best/` has considered it."""
+    entry = next((item for item in read_history(out_dir) if item["epoch"] == epochs), None)
+    if entry is None:
+        return False
+    best = checkpoints.best_state(out_dir / CHECKPOINT_DIR)
+    miou = entry.get("val_miou")
+    return miou is None or (best is not None and best["val_miou"] >= miou)
+
+
+def _finish_epoch_end(model, epoch, state, validation, history, checkpointer) -> None:
+    """Do the epoch-end work a kill skipped, with the restored weights (those of the epoch's last
+    step exactly): validate, write the history entry if it is missing, update `best/`."""
+    for callback in (validation, history, checkpointer):
+        callback.set_model(model)
+    entry = next((item for item in read_history(history.path.parent) if item["epoch"] == epoch + 1), None)
+    if entry is None:
+        logs = {"loss": state.get("epoch_loss")}
+        validation.on_epoch_end(epoch, logs)
+        history.write_entry(epoch, logs, steps=0, images_per_second=None, wall_time_s=None)
+    else:
+        logs = {"val_miou": entry.get("val_miou")}
+    checkpointer.consider_best(logs.get("val_miou"))
+
+
+class FiniteLossGuard(keras.callbacks.Callback):
+    """Stops training with a SegflowError at the first step whose loss is NaN or infinite (Keras'
+    running mean of the epoch's loss: non-finite from that step on), before any later callback
+    checkpoints the diverged weights."""
+
+    def __init__(self, checkpoint_dir: Path, start_step: int):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+        self.step = start_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        loss = float(np.asarray((logs or {}).get("loss", 0.0)))
+        if not np.isfinite(loss):
+            raise _diverged(f"the loss is {loss}", self.step, self.checkpoint_dir)
 
 
 class ValidationMIoU(keras.callbacks.Callback):
@@ -382,12 +474,15 @@ class ValidationMIoU(keras.callbacks.Callback):
 
 class HistoryWriter(keras.callbacks.Callback):
     """Keeps `history.json` (one entry per epoch, rewritten atomically) across restarts: an epoch
-    trained again after an interruption replaces its earlier entry."""
+    trained again after an interruption replaces its earlier entry. `step` counts batches;
+    `optimizer_updates` the updates applied (fewer under mixed precision when the dynamic loss
+    scale skipped some), `loss_scale` that scale (mixed precision only)."""
 
-    def __init__(self, path: Path, batch_size: int):
+    def __init__(self, path: Path, batch_size: int, steps_per_epoch: int):
         super().__init__()
         self.path = path
         self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
@@ -401,33 +496,43 @@ class HistoryWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         # Images/s over steps 2..n: the first step of a `fit` call includes tracing the graph.
         if self.steps > 1:
             seconds, images = self.last_batch_ended - self.first_batch_ended, (self.steps - 1) * self.batch_size
         else:
             seconds, images = self.last_batch_ended - self.epoch_started, self.batch_size
+        self.write_entry(
+            epoch, logs, self.steps, images_per_second=images / seconds, wall_time_s=time.perf_counter() - self.epoch_started
+        )
+
+    def write_entry(self, epoch, logs, steps, images_per_second, wall_time_s) -> None:
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        loss = logs.get("loss")
         entry = {
             "epoch": epoch + 1,
-            "step": _optimizer_steps(self.model),
-            "loss": float(logs["loss"]),
+            "step": (epoch + 1) * self.steps_per_epoch,
+            "optimizer_updates": _optimizer_steps(self.model),
+            "loss": None if loss is None else float(loss),
             "val_miou": logs.get("val_miou"),
             "val_pixel_accuracy": logs.get("val_pixel_accuracy"),
             "learning_rate": logs["learning_rate"],
-            "images_per_second": images / seconds,
-            "wall_time_s": time.perf_counter() - self.epoch_started,
-            # Fewer than steps_per_epoch when this epoch was resumed after an interruption.
-            "steps_this_session": self.steps,
+            "images_per_second": images_per_second,
+            "wall_time_s": wall_time_s,
+            # Fewer than steps_per_epoch when this epoch was resumed after an interruption; 0 when
+            # only its epoch-end work was done after a kill at its last step.
+            "steps_this_session": steps,
         }
+        if _loss_scale(self.model) is not None:
+            entry["loss_scale"] = _loss_scale(self.model)
         history = [item for item in read_history(self.path.parent) if item["epoch"] < entry["epoch"]]
-        storage.write_json(str(self.path), [*history, entry])
+        atomic.write_json(self.path, [*history, entry])
 
 
 class StepCheckpointer(keras.callbacks.Callback):
     """Saves a resumable checkpoint every `every_steps` steps and at each epoch end, and the
-    weights with the best `val_miou` so far in `best/`."""
+    weights with the best `val_miou` so far in `best/`; calls `on_checkpoint(path)` after each."""
 
-    def __init__(self, directory: Path, every_steps: int, start_step: int, steps_per_epoch: int, best_miou):
+    def __init__(self, directory: Path, every_steps: int, start_step: int, steps_per_epoch: int, best_miou, on_checkpoint=None):
         super().__init__()
         self.directory = directory
         self.every_steps = every_steps
@@ -435,43 +540,80 @@ class StepCheckpointer(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.best_miou = best_miou
         self.saved_step = start_step
+        self.on_checkpoint = on_checkpoint
+        self.epoch_loss = None
 
     def on_train_batch_end(self, batch, logs=None):
         self.step += 1
+        # Keras' running mean over the epoch so far: the epoch's loss when this is its last step.
+        self.epoch_loss = float(np.asarray((logs or {}).get("loss", np.nan)))
         if self.step % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.saved_step != self.step:
             self._save()
-        miou = (logs or {}).get("val_miou")
+        self.consider_best((logs or {}).get("val_miou"))
+
+    def consider_best(self, miou) -> None:
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_miou = miou
-            checkpoints.save_checkpoint(
+            _check_finite_weights(self.model, self.step)
+            path = checkpoints.save_checkpoint(
                 self.model, self.directory, checkpoints.BEST_DIR, {**self._state(), "val_miou": miou}
             )
+            if self.on_checkpoint:
+                self.on_checkpoint(path)
 
     def _state(self) -> dict:
         return {
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "optimizer_iterations": _optimizer_steps(self.model),
+            "epoch_loss": self.epoch_loss,
         }
 
     def _save(self):
-        checkpoints.save_checkpoint(
+        _check_finite_weights(self.model, self.step)
+        path = checkpoints.save_checkpoint(
             self.model, self.directory, checkpoints.step_checkpoint_name(self.step), self._state()
         )
         checkpoints.prune_step_checkpoints(self.directory, KEEP_STEP_CHECKPOINTS)
         self.saved_step = self.step
+        if self.on_checkpoint:
+            self.on_checkpoint(path)
 
 
 # === Helpers ===
 
 
 def _optimizer_steps(model: keras.Model) -> int:
-    """Steps the optimizer has applied (under a distribution strategy, its mirrored counter)."""
+    """Updates the optimizer has applied (under a distribution strategy, its mirrored counter;
+    under mixed precision, the inner optimizer's, which skips steps with non-finite gradients)."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))
+
+
+def _loss_scale(model: keras.Model) -> float | None:
+    """The dynamic loss scale of a mixed-precision optimizer; None without one."""
+    scale = getattr(model.optimizer, "dynamic_scale", None)
+    return None if scale is None else float(keras.ops.convert_to_numpy(scale.value))
+
+
+def _check_finite_weights(model: keras.Model, step: int) -> None:
+    """Raise SegflowError when any weight is NaN or infinite (checked before every checkpoint
+    and before the export)."""
+    for variable in model.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(variable.value))):
+            raise _diverged(f"weight {variable.path} is not finite", step, None)
+
+
+def _diverged(what: str, step: int, checkpoint_dir: Path | None) -> SegflowError:
+    kept = checkpoints.latest_checkpoint(checkpoint_dir, verify=True) if checkpoint_dir else None
+    where = f"; the last checkpoint before it, step {kept[1]['step']}, is kept in {kept[0]}" if kept else ""
+    return SegflowError(
+        f"training diverged at step {step}: {what}{where}; nothing was exported. "
+        "Lower the learning rate (--lr) or the warmup, then train into a new --out folder"
+    )
 
 
 def _check_same_run(config: TrainConfig, path: Path, resuming: bool) -> None:
@@ -486,7 +628,7 @@ def _check_same_run(config: TrainConfig, path: Path, resuming: bool) -> None:
                 f"{path.parent} holds a run with other settings ({details}); "
                 "resume with the same settings or choose a new --out folder"
             )
-    storage.write_json(str(path), current)
+    atomic.write_json(path, current)
 
 
 def _class_weights(records_dir: Path) -> np.ndarray:

@@ -31,10 +31,15 @@ def train_in_subprocess(
     out_dir: str | os.PathLike,
     *,
     total_steps: int | None = None,
+    out_uri: str | None = None,
     on_progress: Callable[[float], None] | None = None,
     poll_seconds: float = 2.0,
 ) -> dict:
     """Train `config` into `out_dir`, resuming whatever an earlier attempt left there.
+
+    With `out_uri` (`s3://bucket/prefix/run`), the run lives in the results store and `out_dir` is
+    only its local working folder (`segflow train --out URI --work-dir DIR`): each checkpoint is
+    uploaded while training runs, and an attempt on another machine resumes from the store.
 
     `on_progress(fraction)` is called while it runs, from the latest checkpoint's step over
     `total_steps` (when known). Returns `out_dir`, `model_path` and the `history`; raises
@@ -46,8 +51,10 @@ def train_in_subprocess(
     request.write_text(config.model_dump_json(indent=2) + "\n")
     command = [
         sys.executable, "-m", "segflow", "train",
-        "--config", str(request), "--records", str(records_dir), "--out", str(out_dir), "--quiet",
+        "--config", str(request), "--records", str(records_dir), "--out", out_uri or str(out_dir), "--quiet",
     ]  # fmt: skip
+    if out_uri:
+        command += ["--work-dir", str(out_dir)]
     log_path = out_dir / LOG_FILE
     with open(log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
