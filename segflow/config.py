@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]
+Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]  # = segflow.models.ARCHITECTURES (tested)
 ImageSize = tuple[int, int]
 
 

@@ -45,7 +45,6 @@ def build_segnet(
     num_classes: int = 19,
     input_shape: tuple[int, int, int] = (512, 1024, 3),
     width: float = 1.0,
-    aux_outputs: bool = False,
 ) -> keras.Model:
     """SegNet (Badrinarayanan et al. 2017).
 
@@ -60,7 +59,6 @@ def build_segnet(
         num_classes: int, number of classes (logit channels). Defaults to 19.
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0: ≈29.4 M params).
-        aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution.
