@@ -227,6 +227,34 @@ def test_embedded_images_all_decode(rendered):
 
 
 @pytest.mark.slow
+def test_sample_tiles_show_each_models_own_prediction(run_dir, rendered):
+    """Each prediction tile is the colours of that model's argmax on the sample image, computed here
+    with keras.ops from the image tile itself, and not the ground truth."""
+    import keras
+
+    from segflow.augment import normalize_image
+    from segflow.cityscapes import colorize
+    from segflow.evaluate import load_model
+
+    _, _, page, _ = rendered
+    figures = re.findall(r'<figure><img alt="([^"]*)" src="data:image/png;base64,([^"]*)">', page)
+    tiles = [(alt, np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))) for alt, data in figures]
+    per_row = 2 + len(ARCHITECTURES)
+    assert len(tiles) == 2 * per_row
+    models = {name: load_model(run_dir / name / "model.keras") for name in ARCHITECTURES}
+    for start in range(0, len(tiles), per_row):
+        (_, image), (ground_truth_caption, ground_truth), *predictions = tiles[start : start + per_row]
+        assert ground_truth_caption == "ground truth"
+        inputs = normalize_image(image[np.newaxis].astype(np.float32) / 255.0)
+        for (name, tile), expected_name in zip(predictions, ARCHITECTURES, strict=True):
+            assert name == expected_name
+            logits = models[name](keras.ops.image.resize(inputs, (64, 128)), training=False)
+            own = colorize(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))[0])
+            assert (tile == own).all(axis=-1).mean() > 0.99  # its own prediction, pixel for pixel
+            assert (tile == ground_truth).all(axis=-1).mean() < 0.9  # 6 training steps: far from the truth
+
+
+@pytest.mark.slow
 def test_page_is_self_contained(rendered):
     _, _, page, _ = rendered
     links = re.findall(r"""\b(?:src|href)\s*=\s*(["']?)([^"'\s>]*)""", page, re.IGNORECASE)
