@@ -303,3 +303,14 @@ def test_cli_shows_one_error_line_for_a_non_empty_output(tmp_path):
     assert result.output.strip().splitlines() == [
         f"Error: output directory {tmp_path} already exists and is not empty; remove it or pick another"
     ]
+
+
+def test_generator_digest_covers_the_scene_drawing(tmp_path, monkeypatch):
+    """The synthetic data's fingerprint changes when the scene drawing changes, not only the writer."""
+    from segflow import synthetic_scene
+
+    before = synthetic.generator_digest()
+    edited = tmp_path / "synthetic_scene.py"
+    edited.write_text(Path(synthetic_scene.__file__).read_text().replace("_INSTANCE_JITTER = 25", "_INSTANCE_JITTER = 26"))
+    monkeypatch.setattr(synthetic_scene, "__file__", str(edited))
+    assert synthetic.generator_digest() != before
