@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -493,6 +494,18 @@ def test_report_of_a_results_store_follows_latest_json(tmp_path):
     summary = json.loads((tmp_path / "out" / "report.json").read_text())
     assert summary["run_id"] == "r2" and summary["source"] == str(results / "runs" / "r2")
     assert summary["comparison"][0]["val_miou"] == metrics_of(results / "runs" / "r2", "unet")["miou"]
+
+
+def test_a_report_without_samples_never_imports_tensorflow(tmp_path):
+    """Only the samples need TensorFlow: loading, summarising and rendering run without it."""
+    write_fake_architecture(tmp_path / "runs" / "unet")
+    script = (
+        "import sys; from segflow.report import write_report; "
+        f"write_report({str(tmp_path / 'runs')!r}, {str(tmp_path / 'out')!r}, num_samples=0); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert (tmp_path / "out" / "report.html").is_file()
 
 
 def test_templates_are_package_data():
