@@ -1,7 +1,7 @@
 """Download speed: segflow's downloader next to the official cityscapesScripts loop, same server.
 
 Both fetch one package of random bytes from the local Cityscapes-like site
-(`segflow.testing.cityscapes_site`) over 127.0.0.1, logged in, and check its MD5:
+(`tests/cityscapes_site.py`) over 127.0.0.1, logged in, and check its MD5:
 - segflow: `download_resumable` (8 MiB raw reads into `NAME.part`, MD5 pass, rename);
 - official: what `cityscapesscripts/download/downloader.py` does, `iter_content(chunk_size=1024)`
   with a tqdm update per KiB, then its MD5 pass in 4 KiB reads.
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -25,7 +26,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from segflow.download import CityscapesSite, Credentials, download_resumable
-from segflow.testing.cityscapes_site import CityscapesSiteServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test site, not installed
+from cityscapes_site import CityscapesSiteServer  # noqa: E402
 
 NAME = "leftImg8bit_trainvaltest.zip"
 

@@ -38,6 +38,7 @@ def decide(results_uri: str, architecture: str, run_id: str, val_miou: float | N
 
     A run without a val mIoU is never promoted; the first run with one always is; after that a
     run must beat the champion's mIoU strictly (a tie keeps the older model).
+    The reason gives mIoU in percent with two decimals, the units of the report's tables.
     """
     return _judge(current_champion(results_uri, architecture), architecture, run_id, val_miou)
 
@@ -79,11 +80,12 @@ def _judge(champion: dict | None, architecture: str, run_id: str, val_miou: floa
     if val_miou is None:
         promote, reason = False, "no val mIoU (training or evaluation failed)"
     elif champion is None:
-        promote, reason = True, f"first champion (val mIoU {val_miou:.4f})"
+        promote, reason = True, f"first champion (val mIoU {percent(val_miou)})"
     elif val_miou > previous:
-        promote, reason = True, f"val mIoU {val_miou:.4f} beats champion {champion['run_id']} ({previous:.4f})"
+        promote, reason = True, f"val mIoU {percent(val_miou)} beats champion {champion['run_id']} ({percent(previous)})"
     else:
-        promote, reason = False, f"val mIoU {val_miou:.4f} does not beat champion {champion['run_id']} ({previous:.4f})"
+        promote = False
+        reason = f"val mIoU {percent(val_miou)} does not beat champion {champion['run_id']} ({percent(previous)})"
     return {
         "architecture": architecture,
         "run_id": run_id,
@@ -93,3 +95,9 @@ def _judge(champion: dict | None, architecture: str, run_id: str, val_miou: floa
         "promote": promote,
         "reason": reason,
     }
+
+
+def percent(miou: float) -> str:
+    """An mIoU in [0, 1] as the report shows it: "25.00 %"."""
+    return f"{100 * miou:.2f} %"
+

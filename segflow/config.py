@@ -25,7 +25,7 @@ from pydantic import (
 from segflow import uris
 from segflow.recipes import RecipeName
 
-Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]
+Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]  # = segflow.models.ARCHITECTURES (tested)
 ImageSize = tuple[int, int]
 
 

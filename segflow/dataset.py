@@ -81,7 +81,7 @@ def fingerprint(
     """
     if source == SYNTHETIC:
         # The generator's own source is part of it: a changed generator makes different data.
-        generator = hashlib.sha256(Path(synthetic.__file__).read_bytes()).hexdigest()
+        generator = synthetic.generator_digest()
         facts = {"synthetic": [list(synthetic_images), list(synthetic_size), seed, generator]}
     else:
         kind, location = download.parse_source(source)

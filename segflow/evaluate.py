@@ -114,8 +114,10 @@ def evaluate_model(
     `category_iou`, `pixel_accuracy`), `confusion_matrix` (rows: ground-truth trainId, columns:
     predicted), `num_images`, and `speed`: `images_per_second` (model + resizes + argmax, data
     loading excluded), `end_to_end_images_per_second`, `latency_ms_p50`/`p95` (batch 1 at the
-    evaluated resolution), `input_size`, `evaluated_size`, `params`, `gflops` (per image at the
-    model's input size; convolutions and dense layers, 2 FLOPs per multiply-add).
+    evaluated resolution, LATENCY_RUNS repeats), `images_per_second_p25_p75` and
+    `latency_ms_p25_p75` (the spread of the repeats: each batch, each batch-1 run), `input_size`,
+    `evaluated_size`, `params`, `gflops` (per image at the model's input size; convolutions and
+    dense layers, 2 FLOPs per multiply-add).
     """
     from segflow import data
     from segflow.metrics import ConfusionMatrix, summarize, write_metrics
@@ -128,7 +130,7 @@ def evaluate_model(
     dataset = data.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
     predictor = make_predictor(model)
 
-    matrix, num_images, model_seconds = ConfusionMatrix(), 0, 0.0
+    matrix, num_images, model_seconds, batch_rates = ConfusionMatrix(), 0, 0.0, []
     first_images = None
     started = time.perf_counter()
     for images, labels in dataset:
@@ -138,7 +140,9 @@ def evaluate_model(
             predictor(first_images, size)  # trace outside the timing
         before = time.perf_counter()
         predictions = predictor(images, size)
-        model_seconds += time.perf_counter() - before
+        seconds = time.perf_counter() - before
+        model_seconds += seconds
+        batch_rates.append(int(images.shape[0]) / seconds)
         matrix.update(labels.numpy(), predictions)
         num_images += int(images.shape[0])
     total_seconds = time.perf_counter() - started
@@ -159,6 +163,9 @@ def evaluate_model(
             "end_to_end_images_per_second": num_images / total_seconds,
             "latency_ms_p50": float(np.percentile(latencies, 50)),
             "latency_ms_p95": float(np.percentile(latencies, 95)),
+            # Spreads of the repeats (each batch; each batch-1 run): speeds move with machine load.
+            "images_per_second_p25_p75": [float(value) for value in np.percentile(batch_rates, [25, 75])],
+            "latency_ms_p25_p75": [float(value) for value in np.percentile(latencies, [25, 75])],
             "batch_size": batch_size,
             "input_size": list(model_input_size(model) or first_images.shape[1:3]),
             "evaluated_size": list(first_images.shape[1:3]),

@@ -18,8 +18,14 @@ HEAT_COLORMAP = "YlGn"
 
 
 def training_curves(histories: dict[str, list[dict]]) -> bytes:
-    """Loss and val mIoU (%) per epoch, one line per architecture, side by side."""
-    figure = Figure(figsize=(12, 4.2), dpi=DPI, layout="constrained")
+    """Loss and val mIoU (%) per epoch, one line per architecture, side by side (PNG)."""
+    return figure_png(training_curves_figure(histories))
+
+
+def training_curves_figure(histories: dict[str, list[dict]]) -> Figure:
+    """The figure of `training_curves`; its one legend sits below both plots, outside the axes,
+    so it never covers a line."""
+    figure = Figure(figsize=(12, 4.6), dpi=DPI, layout="constrained")
     loss_axes, miou_axes = figure.subplots(1, 2)
     for name, history in histories.items():
         epochs = [entry["epoch"] for entry in history]
@@ -32,20 +38,33 @@ def training_curves(histories: dict[str, list[dict]]) -> bytes:
         axes.set_ylabel(label)
         axes.grid(True, alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
-        if histories:
-            axes.legend(fontsize="small")
-    return figure_png(figure)
+    if histories:
+        figure.legend(*loss_axes.get_legend_handles_labels(), loc="outside lower center",
+                      ncols=min(len(histories), 6), fontsize="small")  # fmt: skip
+    return figure
+
+
+# Confusion-matrix cell numbers: 8 pt at DPI 100 is ~11 px, readable when the PNG is shown at its
+# own size (the report's CSS caps it at CONFUSION_WIDTH_PX, the figure's width).
+CONFUSION_FONT_PT = 8
+CONFUSION_SIZE_INCHES = (11, 10)
+CONFUSION_WIDTH_PX = CONFUSION_SIZE_INCHES[0] * DPI
 
 
 def confusion_matrix(normalized: np.ndarray, class_names: Sequence[str], title: str) -> bytes:
     """A heat map of a row-normalised confusion matrix (rows: ground truth, columns: prediction);
-    NaN rows (classes absent from the ground truth) stay blank."""
+    NaN rows (classes absent from the ground truth) stay blank. PNG of CONFUSION_WIDTH_PX width."""
+    return figure_png(confusion_matrix_figure(normalized, class_names, title))
+
+
+def confusion_matrix_figure(normalized: np.ndarray, class_names: Sequence[str], title: str) -> Figure:
+    """The figure of `confusion_matrix`: cells of 0.005 or more are written as `.NN`."""
     size = len(class_names)
-    figure = Figure(figsize=(9, 8), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=CONFUSION_SIZE_INCHES, dpi=DPI, layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(np.ma.masked_invalid(normalized), cmap="Blues", vmin=0.0, vmax=1.0)
-    axes.set_xticks(range(size), class_names, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
-    axes.set_yticks(range(size), class_names, fontsize=8)
+    axes.set_xticks(range(size), class_names, rotation=60, ha="right", rotation_mode="anchor", fontsize=9)
+    axes.set_yticks(range(size), class_names, fontsize=9)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("ground-truth class")
     axes.set_title(title)
@@ -54,9 +73,9 @@ def confusion_matrix(normalized: np.ndarray, class_names: Sequence[str], title: 
             value = normalized[row, column]
             if np.isfinite(value) and value >= 0.005:
                 axes.text(column, row, f"{value:.2f}"[1:] if value < 1 else "1", ha="center", va="center",
-                          fontsize=6, color="white" if value > 0.6 else "black")  # fmt: skip
+                          fontsize=CONFUSION_FONT_PT, color="white" if value > 0.6 else "black")  # fmt: skip
     figure.colorbar(image, ax=axes, shrink=0.8, label="fraction of the ground-truth class's pixels")
-    return figure_png(figure)
+    return figure
 
 
 def heat_color(value: float | None) -> tuple[str, str]:

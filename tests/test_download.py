@@ -20,7 +20,7 @@ from segflow.cli import cli
 from segflow.download import Credentials, RetryPolicy, fetch_packages, package_fingerprints
 from segflow.errors import SegflowError
 from segflow.extract import extract
-from segflow.testing.cityscapes_site import CityscapesSiteServer
+from cityscapes_site import CityscapesSiteServer
 
 LABELS_ZIP, IMAGES_ZIP = "gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"
 BIG_ZIP = "camera_trainvaltest.zip"  # 3 MiB of random bytes, so a download can be cut in the middle

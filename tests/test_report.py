@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
@@ -227,6 +228,34 @@ def test_embedded_images_all_decode(rendered):
 
 
 @pytest.mark.slow
+def test_sample_tiles_show_each_models_own_prediction(run_dir, rendered):
+    """Each prediction tile is the colours of that model's argmax on the sample image, computed here
+    with keras.ops from the image tile itself, and not the ground truth."""
+    import keras
+
+    from segflow.augment import normalize_image
+    from segflow.cityscapes import colorize
+    from segflow.evaluate import load_model
+
+    _, _, page, _ = rendered
+    figures = re.findall(r'<figure><img alt="([^"]*)" src="data:image/png;base64,([^"]*)">', page)
+    tiles = [(alt, np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))) for alt, data in figures]
+    per_row = 2 + len(ARCHITECTURES)
+    assert len(tiles) == 2 * per_row
+    models = {name: load_model(run_dir / name / "model.keras") for name in ARCHITECTURES}
+    for start in range(0, len(tiles), per_row):
+        (_, image), (ground_truth_caption, ground_truth), *predictions = tiles[start : start + per_row]
+        assert ground_truth_caption == "ground truth"
+        inputs = normalize_image(image[np.newaxis].astype(np.float32) / 255.0)
+        for (name, tile), expected_name in zip(predictions, ARCHITECTURES, strict=True):
+            assert name == expected_name
+            logits = models[name](keras.ops.image.resize(inputs, (64, 128)), training=False)
+            own = colorize(keras.ops.convert_to_numpy(keras.ops.argmax(logits, axis=-1))[0])
+            assert (tile == own).all(axis=-1).mean() > 0.99  # its own prediction, pixel for pixel
+            assert (tile == ground_truth).all(axis=-1).mean() < 0.9  # 6 training steps: far from the truth
+
+
+@pytest.mark.slow
 def test_page_is_self_contained(rendered):
     _, _, page, _ = rendered
     links = re.findall(r"""\b(?:src|href)\s*=\s*(["']?)([^"'\s>]*)""", page, re.IGNORECASE)
@@ -317,6 +346,178 @@ def test_corrupt_metrics_names_the_file(tmp_path):
         report.write_report(tmp_path, tmp_path / "out")
 
 
+# === The report tells the truth about the run (issue 15.4) ===
+
+
+def write_fake_architecture(folder, *, seed=0, steps=16, batch_size=2, speed=None, epochs_speed=(10.0, 11.0)):
+    """An architecture folder with metrics.json (random confusion counts), history.json and
+    config.json, as `segflow train` + `segflow evaluate` write them."""
+    from segflow.metrics import summarize
+
+    counts = np.random.default_rng(seed).integers(0, 1000, size=(19, 19))
+    speed = speed or {"images_per_second": 50.0, "latency_ms_p50": 20.0, "latency_ms_p95": 25.0}
+    metrics = {**summarize(counts), "confusion_matrix": counts.tolist(), "num_images": 500, "params": 1000 + seed,
+               "gflops": 1.0 + seed, "speed": speed}  # fmt: skip
+    history = [
+        {"epoch": index + 1, "step": steps * (index + 1) // len(epochs_speed), "loss": 2.0 - index,
+         "val_miou": 0.1 * (index + 1), "images_per_second": rate, "wall_time_s": 3.0}
+        for index, rate in enumerate(epochs_speed)
+    ]  # fmt: skip
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.json").write_text(json.dumps(history))
+    (folder / "config.json").write_text(json.dumps({"architecture": folder.name, "batch_size": batch_size}))
+
+
+def test_steps_and_images_seen_with_a_sentence_when_far_below_a_recipe(tmp_path):
+    write_fake_architecture(tmp_path / "runs" / "unet", steps=16, batch_size=2)
+    write_fake_architecture(tmp_path / "runs" / "segnet", seed=1, steps=40, batch_size=4)
+    paths = report.write_report(tmp_path / "runs", tmp_path / "out", num_samples=0)
+    summary = json.loads(paths["json"].read_text())
+    rows = {row["architecture"]: row for row in summary["comparison"]}
+    assert (rows["unet"]["steps"], rows["unet"]["images_seen"]) == (16, 32)
+    assert (rows["segnet"]["steps"], rows["segnet"]["images_seen"]) == (40, 160)
+    note = summary["training_note"]
+    assert "unet 16 optimizer steps, 32 images seen" in note and "segnet 40 optimizer steps, 160 images seen" in note
+    assert "a Cityscapes recipe runs 80,000 steps" in note
+    comparison = table_with_header(read_tables(paths["html"].read_text()), "optimizer steps")
+    header = comparison[0]
+    assert [row[header.index("images seen")] for row in comparison[1:]] == ["160", "32"]  # folders sorted by name
+    assert "a Cityscapes recipe runs 80,000 steps" in html_text(paths["html"].read_text())
+    assert "**Training length.** Short training: " in paths["md"].read_text()
+
+
+def test_no_short_training_sentence_for_a_recipe_length_run(tmp_path):
+    write_fake_architecture(tmp_path / "runs" / "unet", steps=80_000, batch_size=8)
+    summary = json.loads(report.write_report(tmp_path / "runs", tmp_path / "out", num_samples=0)["json"].read_text())
+    assert summary["comparison"][0]["images_seen"] == 640_000
+    assert summary["training_note"] is None
+
+
+@pytest.mark.parametrize(
+    ("fast_spread", "starred"),
+    [([90.0, 110.0], ["fast"]),  # clear of the slow one's 40–60: a real difference
+     ([55.0, 110.0], [])],  # overlaps 40–60: machine-load noise, no ★
+)  # fmt: skip
+def test_speed_spread_shown_and_no_star_where_spreads_overlap(tmp_path, fast_spread, starred):
+    speeds = {
+        "fast": {"images_per_second": 100.0, "images_per_second_p25_p75": fast_spread, "latency_ms_p50": 10.0,
+                 "latency_ms_p25_p75": [9.0, 11.0], "latency_ms_p95": 12.0},
+        "slow": {"images_per_second": 50.0, "images_per_second_p25_p75": [40.0, 60.0], "latency_ms_p50": 10.5,
+                 "latency_ms_p25_p75": [10.0, 12.0], "latency_ms_p95": 13.0},
+    }  # fmt: skip
+    for seed, (name, speed) in enumerate(speeds.items()):
+        write_fake_architecture(tmp_path / "runs" / name, seed=seed, speed=speed, epochs_speed=(10.0 + seed, 12.0 + seed))
+    paths = report.write_report(tmp_path / "runs", tmp_path / "out", num_samples=0)
+    summary = json.loads(paths["json"].read_text())
+    assert summary["best"]["inference_images_per_second"] == starred
+    assert summary["best"]["latency_ms_p50"] == []  # 10.0 (9–11) vs 10.5 (10–12) overlap
+    assert summary["best"]["train_images_per_second"] == []  # epochs 10–12 vs 11–13 overlap
+    assert summary["best"]["params"] == ["fast"]  # exact numbers still get their ★
+    page = paths["html"].read_text()
+    comparison = table_with_header(read_tables(page), "inference images/s")
+    header, fast = comparison[0], comparison[1]
+    assert fast[header.index("inference images/s")] == "100.0"
+    assert fast[header.index("inference images/s range")] == f"{fast_spread[0]:.1f}–{fast_spread[1]:.1f}"
+    assert fast[header.index("latency p50 (ms) range")] == "9.00–11.00"
+    assert fast[header.index("training images/s")] == "11.0"  # median of the two epochs
+    assert fast[header.index("training images/s range")] == "10.0–12.0"
+    assert "Speeds depend on the machine's load" in html_text(page)
+    assert page.count('<td class="best">') == sum(len(names) for names in summary["best"].values())
+
+
+def test_champion_reasons_in_the_tables_units(tmp_path):
+    from segflow import champion
+
+    results = str(tmp_path / "results")
+    first = champion.decide(results, "unet", "r1", 0.2)
+    assert first["reason"] == "first champion (val mIoU 20.00 %)"
+    champion.promote(results, first, "model-uri")
+    assert champion.decide(results, "unet", "r2", 0.25)["reason"] == "val mIoU 25.00 % beats champion r1 (20.00 %)"
+    worse = champion.decide(results, "unet", "r2", 0.1234)
+    assert worse["reason"] == "val mIoU 12.34 % does not beat champion r1 (20.00 %)"
+
+    write_fake_architecture(tmp_path / "run" / "unet")
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"run_id": "r2", "champions": [worse]}))
+    page = report.write_report(tmp_path / "run", tmp_path / "out", num_samples=0)["html"].read_text()
+    decisions = table_with_header(read_tables(page), "promoted")
+    header, row = decisions
+    assert row[header.index("this run's val mIoU (%)")] == "12.34" and "12.34 %" in row[header.index("reason")]
+
+
+def test_curve_legend_covers_no_line():
+    from segflow import plots
+
+    histories = {name: [{"epoch": epoch, "loss": 3.0 - epoch + index, "val_miou": 0.1 * epoch} for epoch in (1, 2, 3)]
+                 for index, name in enumerate(("unet", "segnet", "icnet", "resnet", "deeplabv3plus"))}  # fmt: skip
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = plots.training_curves_figure(histories)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (legend,) = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == list(histories)
+    box = legend.get_window_extent(renderer)
+    for axes in figure.axes:
+        assert axes.get_legend() is None
+        assert not box.overlaps(axes.get_window_extent(renderer))
+
+
+def test_confusion_matrix_numbers_are_readable():
+    from segflow import plots
+    from segflow.report.render import TEMPLATES
+
+    matrix = np.full((19, 19), 0.01)
+    np.fill_diagonal(matrix, 0.81)
+    figure = plots.confusion_matrix_figure(matrix, CLASS_NAMES, "t")
+    numbers = [text for text in figure.axes[0].texts]
+    assert len(numbers) == 19 * 19 and {text.get_text() for text in numbers} == {".81", ".01"}
+    assert min(text.get_fontsize() for text in numbers) >= 8  # points: ≥ 11 px at 100 dpi
+    png = Image.open(io.BytesIO(plots.confusion_matrix(matrix, CLASS_NAMES, "t")))
+    css = (TEMPLATES / "report.css").read_text()
+    shown = int(re.search(r"img\.matrix \{ max-width: min\(100%, (\d+)px\)", css).group(1))
+    assert png.width == plots.CONFUSION_WIDTH_PX <= shown  # shown at its own size, not shrunk
+
+
+def test_report_of_a_results_store_follows_latest_json(tmp_path):
+    from segflow import storage
+    from segflow.cli import cli
+
+    results = tmp_path / "results"
+    for run_id, seed in (("r1", 0), ("r2", 1)):
+        write_fake_architecture(tmp_path / run_id / "unet", seed=seed)
+        (tmp_path / run_id / "run.json").write_text(json.dumps({"run_id": run_id}))
+        storage.publish(tmp_path / run_id, str(results), run_id)
+    result = CliRunner().invoke(cli, ["report", "--runs", str(results), "--out", str(tmp_path / "out"), "--samples", "0"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert summary["run_id"] == "r2" and summary["source"] == str(results / "runs" / "r2")
+    assert summary["comparison"][0]["val_miou"] == metrics_of(results / "runs" / "r2", "unet")["miou"]
+
+
+def test_a_report_without_samples_never_imports_tensorflow(tmp_path):
+    """Only the samples need TensorFlow: loading, summarising and rendering run without it."""
+    write_fake_architecture(tmp_path / "runs" / "unet")
+    script = (
+        "import sys; from segflow.report import write_report; "
+        f"write_report({str(tmp_path / 'runs')!r}, {str(tmp_path / 'out')!r}, num_samples=0); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_templates_are_package_data():
+    import tomllib
+
+    from segflow.report.render import TEMPLATES
+
+    patterns = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path.name for pattern in patterns["segflow.report"] for path in TEMPLATES.parent.glob(pattern)}
+    assert shipped == {path.name for path in TEMPLATES.iterdir()} >= {"report.html.j2", "report.md.j2", "report.css"}
+
+
 # === CLI ===
 
 
@@ -404,6 +605,13 @@ def read_tables(page: str) -> list[list[list[str]]]:
     reader = _TableReader()
     reader.feed(page)
     return reader.tables
+
+
+def html_text(page: str) -> str:
+    """The page's text as a reader sees it: tags dropped, entities decoded, spaces collapsed."""
+    import html
+
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
 
 
 def table_with_header(tables, heading: str) -> list[list[str]]:

@@ -317,3 +317,14 @@ def test_a_killed_generation_leaves_no_dataset_and_the_next_run_removes_its_stag
 
     assert os.listdir(tmp_path) == ["synthetic"]
     assert "removed 1 leftover staging folders of a killed run" in caplog.text
+
+
+def test_generator_digest_covers_the_scene_drawing(tmp_path, monkeypatch):
+    """The synthetic data's fingerprint changes when the scene drawing changes, not only the writer."""
+    from segflow import synthetic_scene
+
+    before = synthetic.generator_digest()
+    edited = tmp_path / "synthetic_scene.py"
+    edited.write_text(Path(synthetic_scene.__file__).read_text().replace("_INSTANCE_JITTER = 25", "_INSTANCE_JITTER = 26"))
+    monkeypatch.setattr(synthetic_scene, "__file__", str(edited))
+    assert synthetic.generator_digest() != before

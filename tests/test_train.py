@@ -105,12 +105,47 @@ def test_rerunning_a_finished_run_from_its_config_json_trains_no_further(trained
     assert state["optimizer_iterations"] == 40
 
 
+def _reference_loss(labels, logits, class_weights, ohem_threshold, ohem_min_kept):
+    """Class-weighted, OHEM-selected mean pixel cross-entropy, in numpy (ENet weights, PSPNet's
+    threshold/min-kept OHEM): sum(w·ce) / sum(w) over the kept, labelled pixels."""
+    labels, logits = labels.reshape(-1), logits.reshape(-1, logits.shape[-1]).astype(np.float64)
+    valid = labels < logits.shape[-1]
+    safe = np.where(valid, labels, 0)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    cross_entropy = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(safe)), safe]
+    weights = valid * (np.ones(logits.shape[-1]) if class_weights is None else class_weights)[safe]
+    if ohem_threshold is not None:
+        probability = np.where(valid, np.exp(-cross_entropy), 2.0)
+        kth = max(min(valid.sum(), ohem_min_kept) - 1, 0)
+        weights = weights * (valid & (probability <= max(np.sort(probability)[kth], ohem_threshold)))
+    return (cross_entropy * weights).sum() / weights.sum()
+
+
 @pytest.mark.slow
-def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(records, tmp_path):
+def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(records, tmp_path, monkeypatch):
+    """Each option has its effect: training batches are crops, the optimizer is AdamW, and the
+    loss equals a numpy class-weighted OHEM cross-entropy (not the plain one) on real labels."""
+    import keras
+
+    from segflow.cityscapes import CLASS_NAMES
     from segflow.config import TrainConfig
+    from segflow.convert import read_manifest
     from segflow.evaluate import load_model
     from segflow.train import train
 
+    seen = {}
+    compile_, fit = keras.Model.compile, keras.Model.fit
+
+    def spy_compile(model, *args, **kwargs):
+        seen.setdefault("compile", kwargs)
+        return compile_(model, *args, **kwargs)
+
+    def spy_fit(model, x=None, *args, **kwargs):
+        seen.setdefault("batch", next(iter(x)))
+        return fit(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", spy_compile)
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
     config = TrainConfig(
         architecture="unet", width=0.0625, image_size=(64, 128), crop_size=(64, 64), val_image_size=(32, 64),
         batch_size=2, epochs=1, steps_per_epoch=2, warmup_steps=0, optimizer="adamw", learning_rate=1e-3,
@@ -120,6 +155,30 @@ def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(re
     assert [entry["step"] for entry in result.history] == [2]
     assert 0 < result.history[0]["val_miou"] < 1 and np.isfinite(result.history[0]["loss"])
     assert load_model(result.model_path).input_shape == (None, 64, 128, 3)  # trained on 64x64 crops
+
+    images, labels = (np.asarray(tensor) for tensor in seen["batch"])
+    assert images.shape == (2, 64, 64, 3) and labels.shape == (2, 64, 64)  # crops, not 64x128 images
+    assert type(seen["compile"]["optimizer"]) is keras.optimizers.AdamW
+    # ENet weights 1/ln(1.02 + frequency) from the train split's pixel counts (Paszke et al. 2016, 5.2).
+    class_pixels = read_manifest(records)["splits"]["train"]["class_pixels"]
+    counts = np.array([class_pixels[name] for name in CLASS_NAMES], dtype=np.float64)
+    class_weights = 1 / np.log(1.02 + counts / counts.sum())
+    # Logits confident and right on every other pixel: those are easy, and OHEM must drop them;
+    # on the others the true class's logit falls with its trainId, so class weights move the mean.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(*labels.shape, 19))
+    labelled = labels < 19
+    easy = (np.arange(labels.size).reshape(labels.shape) % 2 == 0) & labelled
+    true_class = np.where(labelled, labels, 0)
+    logits[easy, true_class[easy]] += 12.0
+    hard = labelled & ~easy
+    logits[hard, true_class[hard]] -= 0.5 * true_class[hard]
+    loss = float(seen["compile"]["loss"](labels, logits.astype(np.float32)))
+    expected = _reference_loss(labels, logits, class_weights, config.ohem_threshold, config.ohem_min_kept)
+    assert loss == pytest.approx(expected, rel=1e-4)
+    for ignored in (_reference_loss(labels, logits, None, config.ohem_threshold, config.ohem_min_kept),
+                    _reference_loss(labels, logits, class_weights, None, config.ohem_min_kept)):  # fmt: skip
+        assert abs(ignored - expected) > 0.05 * expected  # dropping either option shows
 
 
 # The first, killed run trains under MirroredStrategy on two logical CPU devices, which stand in

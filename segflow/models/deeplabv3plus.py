@@ -51,7 +51,6 @@ def build_deeplabv3plus(
     input_shape: tuple[int, int, int] = (512, 1024, 3),
     width: float = 1.0,
     weights: str | None = None,
-    aux_outputs: bool = False,
 ) -> keras.Model:
     """DeepLabV3+ with a ResNet-50 encoder (Chen et al. 2018).
 
@@ -68,7 +67,6 @@ def build_deeplabv3plus(
         weights: None (random), `"imagenet"` or the path of a keras.applications ResNet50
             weights file, for the encoder; width 1.0 only. The first convolution is adapted to
             segflow's input normalisation (`segflow.models.backbones`).
-        aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution.

@@ -128,7 +128,6 @@ def build_resnet(
     depth: int = 50,
     output_stride: int = 8,
     weights: str | None = None,
-    aux_outputs: bool = False,
 ) -> keras.Model:
     """A dilated ResNet with an FCN head (He et al. 2016; Long et al. 2015).
 
@@ -145,7 +144,6 @@ def build_resnet(
         weights: None (random), `"imagenet"` (downloaded by keras.applications) or the path
             of a keras.applications ResNet50 weights file. Only for depth 50, width 1.0. The first
             convolution is adapted to segflow's input normalisation (`segflow.models.backbones`).
-        aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution.

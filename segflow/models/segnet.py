@@ -52,7 +52,6 @@ def build_segnet(
     num_classes: int = 19,
     input_shape: tuple[int, int, int] = (512, 1024, 3),
     width: float = 1.0,
-    aux_outputs: bool = False,
     weights: str | None = None,
 ) -> keras.Model:
     """SegNet (Badrinarayanan et al. 2017).
@@ -68,7 +67,6 @@ def build_segnet(
         num_classes: int, number of classes (logit channels). Defaults to 19.
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0: ≈29.4 M params).
-        aux_outputs: bool, accepted for a uniform interface; this model has one output.
         weights: None (random), `"imagenet"` or the path of a keras.applications VGG16
             weights file, for the encoder's 13 convolutions (`block{s}_conv{i}` →
             `encoder{s}_{i}_conv`; kernels only: a batch norm follows each); width 1.0 only.

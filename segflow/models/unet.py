@@ -34,7 +34,6 @@ def build_unet(
     num_classes: int = 19,
     input_shape: tuple[int, int, int] = (512, 1024, 3),
     width: float = 1.0,
-    aux_outputs: bool = False,
 ) -> keras.Model:
     """U-Net (Ronneberger et al. 2015), with padded convolutions and batch norm.
 
@@ -47,7 +46,6 @@ def build_unet(
         num_classes: int, number of classes (logit channels). Defaults to 19.
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0: 64→1024 filters, ≈31.0 M params).
-        aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution.

@@ -19,6 +19,9 @@ TINY_SHAPE = (64, 128, 3)
 INFERRED_SHAPES = ((32, 64, 3), (512, 1024, 3), (1024, 2048, 3))
 OVERFIT_SHAPE = (32, 64, 3)
 OVERFIT_STEPS = 40
+# Options that keep an architecture's common checks small (depth 18 keeps ResNet's compiled training
+# step small; depth 50 is trained inside deeplabv3plus). An architecture not listed uses its defaults.
+TINY_OPTIONS = {"resnet": {"depth": 18}}
 
 # For checks whose result cannot depend on the backend (docstring examples, loading a
 # keras.applications weights file): they run once, under TensorFlow, sparing the JAX run.

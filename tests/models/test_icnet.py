@@ -6,7 +6,6 @@ from model_checks import (
     TINY_SHAPE,
     check_config_round_trip,
     check_output_shapes,
-    check_overfits_one_batch,
     check_save_load,
     outputs_of,
     tiny_batch,
@@ -26,25 +25,21 @@ def model():
     return tiny_model("icnet", aux_outputs=True)
 
 
-def test_output_shapes():
-    check_output_shapes("icnet")
-
 
 def test_output_shapes_with_aux_outputs():
     check_output_shapes("icnet", aux_outputs=True)
 
 
-def test_config_round_trip(model):
+def test_config_round_trip_with_aux_outputs(model):
     check_config_round_trip(model)
 
 
-def test_overfits_one_batch_with_cascade_label_guidance():
-    check_overfits_one_batch("icnet", aux_outputs=True)
-
-
 @pytest.mark.slow
-def test_save_load(model, tmp_path):
+def test_save_load_with_aux_outputs(model, tmp_path):
     check_save_load(model, tmp_path)
+
+
+
 
 
 def test_params_match_published():

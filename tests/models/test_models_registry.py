@@ -3,6 +3,7 @@
 import ast
 import doctest
 import importlib
+import inspect
 from pathlib import Path
 
 import keras
@@ -18,7 +19,7 @@ from segflow.models.complexity import count_macs, gflops, summarize_architecture
 
 MODELS_DIR = Path(segflow.models.__file__).parent
 # Only Keras may reach the backend; the rest is the standard library and segflow itself.
-ALLOWED_IMPORTS = {"keras", "segflow", "__future__", "typing", "inspect", "math", "os"}
+ALLOWED_IMPORTS = {"keras", "segflow", "__future__", "dataclasses", "typing", "inspect", "math", "os"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,6 +37,34 @@ def test_architectures_are_the_five_models():
     assert set(LOSS_WEIGHTS) <= set(ARCHITECTURES)
 
 
+def test_every_list_of_architectures_follows_the_registry():
+    """The config Literal (CLI choices, the pipeline form), the CLI and infra/scale-out.yaml name
+    exactly the registered architectures, in order where order shows."""
+    import typing
+
+    import yaml
+
+    from segflow.cli import cli
+    from segflow.config import DEFAULT_ARCHITECTURES, Architecture
+
+    registered = list(ARCHITECTURES)
+    assert list(typing.get_args(Architecture)) == registered, "add it to Architecture in segflow/config.py"
+    assert list(DEFAULT_ARCHITECTURES) == registered
+    for command in ("train", "demo"):
+        option = next(param for param in cli.commands[command].params if param.name in ("architecture", "architectures"))
+        assert list(option.type.choices) == registered, command
+    scale_out = yaml.safe_load((Path(__file__).parents[2] / "infra" / "scale-out.yaml").read_text())
+    assert list(scale_out["training"]["deployments"]) == registered, "add a deployment to infra/scale-out.yaml"
+    assert list(scale_out["single_gpu_host_job_variables"]) == registered
+
+
+def test_loss_weights_come_from_the_registry():
+    assert LOSS_WEIGHTS == {name: entry.loss_weights for name, entry in ARCHITECTURES.items() if len(entry.loss_weights) > 1}
+    assert LOSS_WEIGHTS == {"icnet": (1.0, 0.4, 0.16)}
+    for name, entry in ARCHITECTURES.items():  # only a model with training-only outputs takes the flag
+        assert ("aux_outputs" in inspect.signature(entry.builder).parameters) == entry.has_aux_outputs, name
+
+
 @pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.py")), ids=lambda path: path.name)
 def test_model_files_import_only_keras(path):
     modules = imported_modules(path)
@@ -44,11 +73,21 @@ def test_model_files_import_only_keras(path):
     assert not names & {"tf", "tensorflow", "jax", "torch", "np", "numpy"}
 
 
+# The model files whose docstrings hold examples (`>>>`), found by reading the source, not doctest.
+EXAMPLE_FILES = sorted(path for path in MODELS_DIR.glob("*.py") if ">>>" in path.read_text())
+
+
+def test_the_models_have_docstring_examples():
+    assert {path.stem for path in EXAMPLE_FILES} >= {*ARCHITECTURES, "__init__", "layers"}
+
+
 @backend_independent
-@pytest.mark.parametrize("path", sorted(MODELS_DIR.glob("*.py")), ids=lambda path: path.name)
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda path: path.name)
 def test_docstring_examples_run(path):
     module = importlib.import_module(f"segflow.models.{path.stem}" if path.stem != "__init__" else "segflow.models")
-    assert doctest.testmod(module, extraglobs={"keras": keras}).failed == 0
+    result = doctest.testmod(module, extraglobs={"keras": keras})
+    assert result.attempted >= path.read_text().count(">>>") > 0  # every example ran
+    assert result.failed == 0
 
 
 def test_unknown_architecture_lists_the_valid_ones():

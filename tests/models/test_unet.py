@@ -2,10 +2,6 @@ import pytest
 
 from model_checks import (
     TINY_SHAPE,
-    check_config_round_trip,
-    check_output_shapes,
-    check_overfits_one_batch,
-    check_save_load,
     tiny_model,
 )
 from segflow.models.complexity import build_for_shapes
@@ -16,21 +12,8 @@ def model():
     return tiny_model("unet")
 
 
-def test_output_shapes():
-    check_output_shapes("unet")
 
 
-def test_config_round_trip(model):
-    check_config_round_trip(model)
-
-
-def test_overfits_one_batch():
-    check_overfits_one_batch("unet")
-
-
-@pytest.mark.slow
-def test_save_load(model, tmp_path):
-    check_save_load(model, tmp_path)
 
 
 def test_params_match_paper():

@@ -1,7 +1,7 @@
 """A local HTTP server that answers like www.cityscapes-dataset.com, serving zips from a folder.
 
-Why: the real site needs an account and serves 11 GB; tests, the demo and the flow's own tests
-need the same protocol on 127.0.0.1. The protocol is the one cityscapesScripts' official
+Why: the real site needs an account and serves 11 GB; the download tests and benchmark need
+the same protocol on 127.0.0.1. The protocol is the one cityscapesScripts' official
 downloader speaks (`cityscapesscripts/download/downloader.py`):
 
     GET  /login                              the login form

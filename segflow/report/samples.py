@@ -1,0 +1,137 @@
+"""Sample predictions for the report: each model run on the first val images, as PNG tiles.
+
+The only part of the report that needs TensorFlow, imported lazily inside the functions that read
+records or run a model, so loading, summarising and rendering a run never import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from segflow import plots, storage
+from segflow.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_IDS_SUFFIX, colorize, to_train_ids
+from segflow.errors import SegflowError
+from segflow.report.loading import ArchitectureResult, Run
+
+NUM_SAMPLES = 3
+SAMPLE_WIDTH = 512  # sample tiles wider than this are shrunk (a full Cityscapes frame is 2048)
+
+
+def sample_predictions(
+    run: Run, records_dir: str | os.PathLike | None, num_samples: int, fetch_model: Callable[[str], Path]
+) -> dict:
+    """Run each model on the first `num_samples` val images.
+
+    Returns `{"source": where the images came from or None, "images": names, "note": why some or
+    all are missing, "rows": [{"name", "image", "ground_truth", "predictions": {arch: PNG or error}}]}`
+    (PNG bytes; `rows` is for the HTML only).
+    """
+    result = {"source": None, "images": [], "note": None, "rows": []}
+    models = [arch for arch in run.completed if arch.model_uri]
+    if num_samples < 1:
+        result["note"] = "Sample predictions were not asked for."
+        return result
+    if not models:
+        result["note"] = "No architecture has a trained model to show predictions of."
+        return result
+    data = (run.record or {}).get("data") or {}
+    candidates = [records_dir] if records_dir else [data.get("records_dir"), data.get("data_root")]
+    located = next((found for found in map(_locate_val_images, filter(None, candidates)) if found), None)
+    if located is None:
+        searched = ", ".join(str(candidate) for candidate in candidates if candidate) or "none recorded"
+        result["note"] = (
+            "Sample predictions are skipped: the val images are not on this machine "
+            f"(searched: {searched}). Pass --records to render them."
+        )
+        return result
+
+    kind, folder = located
+    examples = _records_examples(folder, num_samples) if kind == "records" else _png_examples(folder, num_samples)
+    if not examples:
+        result["note"] = f"Sample predictions are skipped: {folder} holds no val images with labels."
+        return result
+    result["source"] = str(folder)
+    result["images"] = [name for name, *_ in examples]
+    result["rows"] = [
+        {
+            "name": name,
+            "image": plots.array_png(rgb, SAMPLE_WIDTH),
+            "ground_truth": plots.array_png(colorize(label), SAMPLE_WIDTH, nearest=True),
+            "predictions": {},
+        }
+        for name, rgb, label, _ in examples
+    ]
+    for arch in models:
+        for row, prediction in zip(result["rows"], _predict(arch, examples, fetch_model)):
+            if not isinstance(prediction, str):  # a text says why the model could not run
+                prediction = plots.array_png(colorize(prediction), SAMPLE_WIDTH, nearest=True)
+            row["predictions"][arch.name] = prediction
+    return result
+
+
+def _locate_val_images(folder: str | os.PathLike) -> tuple[str, Path] | None:
+    """("records", folder) for a folder of val shards, ("pngs", folder) for a Cityscapes folder."""
+    from segflow.records import shard_pattern
+
+    path = storage.local_path(folder)
+    if storage.is_s3(folder) or not path.is_dir():
+        return None
+    if any(path.glob(shard_pattern("val"))):
+        return "records", path
+    if (path / IMAGE_DIR / "val").is_dir() and (path / LABEL_DIR / "val").is_dir():
+        return "pngs", path
+    return None
+
+
+def _records_examples(records_dir: Path, count: int) -> list[tuple]:
+    """(name, uint8 RGB, trainId label, normalised image batch) of the first val records."""
+    import tensorflow as tf
+
+    from segflow.augment import decode_image, parse_eval
+    from segflow.data import list_shards
+    from segflow.records import FEATURE_KEYS, decode_example
+
+    examples = []
+    for serialized in tf.data.TFRecordDataset(list_shards(records_dir, "val")).take(count):
+        features = decode_example(serialized)
+        image, label = parse_eval(features)
+        name = features[FEATURE_KEYS.filename].numpy().decode() or f"val #{len(examples) + 1}"
+        examples.append((name, decode_image(features).numpy(), label.numpy(), image[tf.newaxis]))
+    return examples
+
+
+def _png_examples(data_root: Path, count: int) -> list[tuple]:
+    """The same as `_records_examples`, from the Cityscapes PNGs."""
+    from PIL import Image
+
+    from segflow.predict import normalize, read_rgb
+
+    examples = []
+    for image_path in sorted((data_root / IMAGE_DIR / "val").glob(f"*/*{IMAGE_SUFFIX}"))[:count]:
+        stem = image_path.name[: -len(IMAGE_SUFFIX)]
+        label_path = data_root / LABEL_DIR / "val" / image_path.parent.name / f"{stem}{LABEL_IDS_SUFFIX}"
+        if not label_path.is_file():
+            continue
+        rgb = read_rgb(image_path)
+        with Image.open(label_path) as label_image:
+            label = to_train_ids(np.asarray(label_image))
+        examples.append((image_path.name, rgb, label, normalize(rgb[np.newaxis])))
+    return examples
+
+
+def _predict(arch: ArchitectureResult, examples: list[tuple], fetch_model) -> list:
+    """trainId predictions at each label's size, or one error text per example if the model fails."""
+    from segflow.evaluate import load_model, make_predictor
+
+    try:
+        model = load_model(fetch_model(arch.model_uri))
+    except SegflowError as error:
+        return [f"no prediction: {error}"] * len(examples)
+    predictor = make_predictor(model)
+    return [predictor(images, tuple(label.shape))[0] for _, _, label, images in examples]
+
+
