@@ -155,7 +155,8 @@ from segflow.config import Architecture, train_config  # noqa: E402  (pydantic o
 @click.option("--seed", type=int, help="Random seed.  [default: 0]")
 @click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
-def train(config_file, records, out, quiet, **settings):
+@click.option("--evaluate", is_flag=True, help="Then score the exported model on val into OUT/metrics.json (same process).")
+def train(config_file, records, out, quiet, evaluate, **settings):
     """Train a model on the records; rerun with the same --out to resume after an interruption.
 
     Example: segflow train --arch unet --records records/ --out runs/unet --image-size 256x512 --epochs 20
@@ -166,6 +167,11 @@ def train(config_file, records, out, quiet, **settings):
     result = train_model(config, records, out, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
     click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+    if evaluate:
+        from segflow.evaluate import evaluate_model
+
+        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent)
+        click.echo(f"{Path(result.model_path).parent / 'metrics.json'}: val mIoU {metrics['miou']}")
 
 
 # --- predict -------------------------------------------------------------------------------
@@ -240,10 +246,15 @@ def report(runs, out_dir, records, num_samples):
 def demo(out_dir, architectures, results_uri):
     """Run the whole pipeline flow on synthetic data with tiny models, on Prefect's embedded API.
 
+    Run the same command again after an interruption to resume the unfinished run (same run id,
+    trainings continue from their checkpoints). Killing this command stops everything it started.
+
     Example: segflow demo --out demo-output
     """
     from segflow.config import demo_params
+    from segflow.lifeline import watch_this_process
 
+    watch_this_process()
     _prefect_defaults()
     overrides = {"work_dir": str(out_dir / "work"), "results_uri": results_uri or str(out_dir / "results")}
     if architectures:
