@@ -9,9 +9,15 @@ import socket
 from typing import Iterator
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.concurrency.sync import concurrency
+from prefect.settings import PREFECT_API_URL
 
 from segflow import gpus
+
+# A holder renews its lease every ~3/4 of this; a server's repossessor frees the slot of a holder
+# that died this long after its last renewal.
+LEASE_SECONDS = 60
 
 
 def limit_name() -> str:
@@ -26,6 +32,11 @@ def size_training_limit(cpu_slots: int) -> int:
     slots = len(owned) if owned else cpu_slots
     with get_client(sync_client=True) as client:
         client.upsert_global_concurrency_limit_by_name(limit_name(), slots)
+        if not PREFECT_API_URL.value():
+            # Prefect's temporary API (segflow demo) keeps leases in memory and runs no
+            # repossessor: slots a killed earlier demo held would stay taken forever. That server
+            # lives only as long as this process, so no other holder can be alive.
+            client.update_global_concurrency_limit(limit_name(), GlobalConcurrencyLimitUpdate(active_slots=0))
     return slots
 
 
@@ -34,6 +45,6 @@ def training_slot() -> Iterator[list[str]]:
     """Wait for a training slot on this machine; yields the GPU ids this training owns ([] on a
     CPU machine). The slot and the ids are free again as soon as the block ends."""
     count = gpus.gpus_per_training()
-    with concurrency(limit_name(), occupy=max(count, 1), strict=True, lease_duration=300):
+    with concurrency(limit_name(), occupy=max(count, 1), strict=True, lease_duration=LEASE_SECONDS):
         with gpus.lease(count) as gpu_ids:
             yield gpu_ids
