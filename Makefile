@@ -6,13 +6,19 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup system-packages demo test clean
+.PHONY: setup setup-dev system-packages demo test clean
 
-setup: $(VENV)/.installed
+# `make demo` needs only the package and CPU TensorFlow; the tests add the dev and notebook extras.
+setup: $(VENV)/.installed-cpu
+setup-dev: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed-cpu: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-cpu
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[cpu,dev,notebook]'
 	touch $@
 
@@ -25,7 +31,7 @@ system-packages:
 demo: setup
 	$(BIN)/segflow demo
 
-test: setup system-packages
+test: setup-dev system-packages
 	$(BIN)/python -m pytest
 	KERAS_BACKEND=jax $(BIN)/python -m pytest tests/models -q
 

@@ -1,22 +1,31 @@
-"""Input pipeline speed: images/s per CPU core for 512x1024 training crops of 1024x2048 records.
+"""Input pipeline speed: images/s per CPU core for 512x1024 training crops of 1024x2048 records,
+and whether `--cores` cores can feed `--gpus` GPUs training each architecture.
 
 Makes full-size synthetic Cityscapes records (`segflow.synthetic` + `segflow.convert`) in a
 temporary folder, or reads `--records DIR`, then times, side by side in one run and pinned to
 one core (tf.data private thread pool of 1, one intra-op thread):
 
 - read:          raw TFRecord bytes only
-- decode:        `decode_example` + both PNG decodes, the floor every pipeline pays
+- decode:        `decode_example` + both PNG decodes, the cost decode-once saves after epoch 1
 - eval:          `make_dataset(training=False)`, full resolution
-- train:         `make_dataset(training=True)`, 512x1024 crops with all augmentation
+- train:         `make_dataset(training=True)`, 512x1024 crops with all augmentation (today's)
+- train, decode once: the same with `cache_decoded="on"`, after its first epoch
 - train, no colour jitter
 - resize-then-crop: the textbook order (resize the whole image, pad, crop), no jitter, for
   comparison with segflow's one-step crop-and-resize
+- each augmentation stage alone (crop-and-resize, flip, colour jitter, normalisation) on
+  inputs held in memory, minus the cost of a pass-through map over the same inputs
 
 and, for reference, `train` again with every core. "Per core" is images per CPU-second used by
 this process, which other processes on a shared machine do not change; wall-clock rates are
 shown too. Rows take turns in three rounds and the best round counts. Ratios are to `decode`.
 
-    .venv/bin/python benchmarks/bench_input.py --quick
+Then the supply/demand table: supply = per-core rate × `--cores`; demand = the images/s that
+`--gpus` H100s train at 40 % of their dense bf16 peak (989 TFLOP/s, NVIDIA H100 datasheet) when
+a training step costs 3 × the forward GFLOPs at 512x1024 (`segflow.models.complexity`), i.e.
+`segflow.data.gpu_demand`.
+
+    .venv/bin/python benchmarks/bench_input.py --quick [--cores 16] [--gpus 1]
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from segflow import augment, data  # noqa: E402
+from segflow.models.complexity import summarize_architectures  # noqa: E402
 from segflow.records import decode_example  # noqa: E402
 
 CROP_SIZE = (512, 1024)
@@ -43,7 +53,11 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="8 images instead of 16, 12 timed examples per row instead of 32"
     )
-    parser.add_argument("--records", help="a folder of existing train-*.tfrecord shards to read instead")
+    parser.add_argument(
+        "--records", help="a folder of existing train-*.tfrecord shards to read instead (decode-once decodes them all first)"
+    )
+    parser.add_argument("--cores", type=int, default=16, help="CPU cores of the GPU machine (default 16)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs training (default 1)")
     args = parser.parse_args()
     num_images = 8 if args.quick else 16
     num_timed = 12 if args.quick else 32
@@ -52,12 +66,16 @@ def main() -> None:
         records_dir = Path(args.records) if args.records else make_records(Path(scratch), num_images)
         files = data.list_shards(records_dir, "train")
         print(f"records: {records_dir} ({len(files)} train shards); crops {CROP_SIZE[0]}x{CROP_SIZE[1]}")
-        print(f"timing {num_timed} examples per row in 3 alternating rounds after a warm-up batch each\n")
+        print(f"timing {num_timed} examples per row in 3 alternating rounds after untimed warm-up batches\n")
 
-        def train(photometric=True):
+        def train(photometric=True, cache_decoded="off"):
             return data.make_dataset(
-                records_dir, "train", training=True, batch_size=2, crop_size=CROP_SIZE, photometric=photometric
+                records_dir, "train", training=True, batch_size=2, crop_size=CROP_SIZE,
+                photometric=photometric, cache_decoded=cache_decoded,
             )
+
+        # Decode once: warm up with a whole epoch, so that timing starts with the cache full.
+        epoch_batches = data.count_examples(records_dir, "train") // 2 + 1
 
         rows = {
             "read": one_core(tf.data.TFRecordDataset(files).repeat().batch(2)),
@@ -66,9 +84,12 @@ def main() -> None:
                 data.make_dataset(records_dir, "train", training=False, batch_size=2, repeat=True)
             ),
             "train": one_core(train()),
+            "train, decode once": (one_core(train(cache_decoded="on")), epoch_batches),
             "train, no colour jitter": one_core(train(photometric=False)),
             "resize-then-crop, no jitter": one_core(resize_then_crop(files)),
             "train, all cores": train(),
+            # Stages: two examples in memory, so two warm-up batches fill the cache.
+            **{f"stage: {name}": (one_core(stage), 2) for name, stage in stages(files).items()},
         }
         rates = measure(rows, num_timed)
 
@@ -76,10 +97,30 @@ def main() -> None:
     header = ("pipeline (1 core unless said)", "img/s/core", "ms/img", "vs decode", "img/s wall")
     print("{:30s} {:>10s} {:>7s} {:>9s} {:>10s}".format(*header))
     for name, (per_core, per_second) in rates.items():
-        print(f"{name:30s} {per_core:10.1f} {1000 / per_core:7.1f} {per_core / decode_rate:8.2f}x {per_second:10.1f}")
+        if not name.startswith("stage:"):
+            print(f"{name:30s} {per_core:10.1f} {1000 / per_core:7.1f} {per_core / decode_rate:8.2f}x {per_second:10.1f}")
     speedup = rates["train, no colour jitter"][0] / rates["resize-then-crop, no jitter"][0]
     print(f"\none-step crop-and-resize vs resize-then-crop, per core: {speedup:.2f}x")
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+    today, decode_once = rates["train"][0], rates["train, decode once"][0]
+    print(f"decode once vs today's training pipeline, per core: {decode_once / today:.2f}x (goal >= 2x)")
+
+    floor_ms = 1000 / rates["stage: pass-through"][0]
+    augment_ms = 1000 / decode_once
+    print(f"\naugmentation stages, 1 core, inputs in memory (ms/img net of a {floor_ms:.1f} ms pass-through):")
+    for name, (per_core, _) in rates.items():
+        if name.startswith("stage:") and name != "stage: pass-through":
+            net = 1000 / per_core - floor_ms
+            print(f"  {name[7:]:26s} {net:6.1f} ms/img  ({net / augment_ms:4.0%} of decode-once training's {augment_ms:.1f})")
+
+    print(f"\nsupply with {args.cores} cores vs demand of {args.gpus} H100(s) at 40 % of 989 TFLOP/s bf16, 512x1024:")
+    print(f"  supply, today's pipeline:  {today * args.cores:8.0f} img/s  ({today:.1f} per core)")
+    print(f"  supply, decode once:       {decode_once * args.cores:8.0f} img/s  ({decode_once:.1f} per core)")
+    print(f"  {'architecture':14s} {'fwd GFLOPs':>10s} {'demand img/s':>12s} {'today':>12s} {'decode once':>12s}")
+    for row in summarize_architectures(input_shape=(*CROP_SIZE, 3)):
+        demand = data.gpu_demand(row["gflops"], args.gpus)
+        verdicts = ["ok" if rate * args.cores >= demand else "INPUT-BOUND" for rate in (today, decode_once)]
+        print(f"  {row['name']:14s} {row['gflops']:10.1f} {demand:12.0f} {verdicts[0]:>12s} {verdicts[1]:>12s}")
+    print(f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def make_records(scratch: Path, num_images: int) -> Path:
@@ -123,6 +164,55 @@ def resize_then_crop(files: list[str]) -> tf.data.Dataset:
     return tf.data.TFRecordDataset(files).repeat().enumerate().map(parse).batch(2)
 
 
+def stages(files: list[str]) -> dict[str, tf.data.Dataset]:
+    """Each augmentation stage of `augment.augment_train` alone, as a map over inputs held in
+    memory: decoded uint8 images and labels for crop-and-resize, float crops for the rest."""
+    decoded = tf.data.TFRecordDataset(files).take(2).map(data._decode).cache().repeat()
+    crops = decoded.take(2).map(
+        lambda image, label: (tf.image.resize(image, CROP_SIZE) / 255.0, tf.image.resize(label, CROP_SIZE, "nearest"))
+    ).cache().repeat()
+
+    def crop_and_resize(index, example):
+        image, label = example
+        seed = tf.stack([tf.constant(0, tf.int64), index])
+        size = tf.shape(image)[:2]
+        scale = tf.random.stateless_uniform([], seed, *augment.SCALE_RANGE)
+        scaled = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
+        y_seed, x_seed = tf.unstack(tf.random.split(seed, 2))
+        y_window = augment._crop_window(scaled[0], CROP_SIZE[0], y_seed)
+        x_window = augment._crop_window(scaled[1], CROP_SIZE[1], x_seed)
+        image, label = augment._scale_and_crop(image, label, size, scaled, y_window, x_window)
+        (_, top, _), (_, left, _) = y_window, x_window
+        image = tf.image.pad_to_bounding_box(image, top, left, *CROP_SIZE)
+        return image, tf.image.pad_to_bounding_box(label - 255, top, left, *CROP_SIZE) + 255
+
+    def flip(index, example):
+        image, label = example
+        flip = tf.random.stateless_uniform([], tf.stack([tf.constant(0, tf.int64), index])) < 0.5
+        return tf.cond(flip, lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])), lambda: (image, label))
+
+    def jitter(index, example):
+        image, label = example
+        return augment._jitter_colors(image, tf.stack([tf.constant(0, tf.int64), index])), label
+
+    def normalise(index, example):  # as `augment_train` does it, and the textbook broadcast for comparison
+        image, label = example
+        return augment._normalize_on_cpu(image), tf.cast(label[:, :, 0], tf.int32)
+
+    def normalise_broadcast(index, example):
+        image, label = example
+        return augment.normalize_image(image), tf.cast(label[:, :, 0], tf.int32)
+
+    return {
+        "pass-through": crops.map(lambda image, label: (image, label)).batch(2),
+        "crop-and-resize (+ pad)": decoded.enumerate().map(crop_and_resize).batch(2),
+        "flip": crops.enumerate().map(flip).batch(2),
+        "colour jitter": crops.enumerate().map(jitter).batch(2),
+        "normalisation": crops.enumerate().map(normalise).batch(2),
+        "normalisation, broadcast": crops.enumerate().map(normalise_broadcast).batch(2),
+    }
+
+
 def one_core(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -130,16 +220,19 @@ def one_core(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def measure(datasets: dict[str, tf.data.Dataset], num_examples: int, rounds: int = 3) -> dict[str, tuple[float, float]]:
+def measure(datasets: dict, num_examples: int, rounds: int = 3) -> dict[str, tuple[float, float]]:
     """Per dataset: images per CPU-second of this process (= images/s per core, and unaffected by
     other processes sharing the machine) and images per wall-clock second, best of `rounds` rounds
-    that take turns. Each round opens a fresh iterator (its warm-up batch untimed) and drops it
-    afterwards, so no pipeline works ahead in the background while another is timed."""
+    that take turns. Each round opens a fresh iterator (its warm-up batches untimed: one, or the
+    number given as `(dataset, warm-up batches)`) and drops it afterwards, so no pipeline works
+    ahead in the background while another is timed."""
     rates = {name: (0.0, 0.0) for name in datasets}
     for _ in range(rounds):
         for name, dataset in datasets.items():
+            dataset, warm_up = dataset if isinstance(dataset, tuple) else (dataset, 1)
             iterator = iter(dataset)
-            next(iterator)  # warm-up: shuffle buffer, first reads
+            for _ in range(warm_up):  # shuffle buffer, first reads; decode once: its first epoch
+                next(iterator)
             wall, cpu, seen = time.perf_counter(), time.process_time(), 0
             while seen < num_examples // rounds:
                 seen += int(tf.shape(tf.nest.flatten(next(iterator))[0])[0])

@@ -4,8 +4,10 @@ against the Prefect server named by PREFECT_API_URL.
 
 The nightly schedule comes from SEGFLOW_NIGHTLY_CRON (default 02:00) in SEGFLOW_TIMEZONE
 (default UTC); its parameters are PipelineParams' defaults plus SEGFLOW_* overrides, so the
-schedule retrains on the real data with the results store of the environment. SEGFLOW_DEMO=1
-starts from demo_params() instead: tiny models on synthetic data, for trying the UI on a CPU.
+schedule retrains on the real data with the results store of the environment, with the training
+recipe named by SEGFLOW_RECIPE (default: PipelineParams' `cityscapes`, see `segflow recipes`).
+SEGFLOW_DEMO=1 starts from demo_params() instead: tiny models on synthetic data, for trying the
+UI on a CPU.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ def nightly_schedule() -> Cron:
 
 
 def environment_params() -> PipelineParams:
-    """Defaults (demo_params() if SEGFLOW_DEMO=1), with the results store, work dir and source
-    taken from the environment if set."""
+    """Defaults (demo_params() if SEGFLOW_DEMO=1), with the results store, work dir, source and
+    training recipe taken from the environment if set."""
     overrides = {
         field: os.environ[variable]
         for field, variable in (
             ("results_uri", "SEGFLOW_RESULTS_URI"),
             ("work_dir", "SEGFLOW_WORK_DIR"),
             ("source", "SEGFLOW_SOURCE"),
+            ("recipe", "SEGFLOW_RECIPE"),
         )
         if os.environ.get(variable)
     }

@@ -49,7 +49,7 @@ def cityscapes_pipeline(params: PipelineParams = PipelineParams()):
     run_id = start_run(str(work_dir), parameters, _flow_run_id())
     run_dir = work_dir / "runs" / run_id
 
-    data_root = prepare_dataset(params.source, str(work_dir), params.synthetic_images, params.synthetic_size, params.seed)
+    data_root = prepare_dataset(params.source, str(work_dir), params.synthetic_images, params.synthetic_size, params.training.seed)
     records_dir = convert_records(data_root, str(work_dir / "records" / Path(data_root).name))
     outcomes = _train_all(params, records_dir, run_dir, run_id)
     decisions = [

@@ -21,6 +21,7 @@ import ctypes
 import errno
 import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,7 +31,10 @@ from typing import Any, Iterator
 from segflow.errors import SegflowError
 
 STAGING_SUFFIX = ".segflow-tmp"
+_RETIRED_SUFFIX = f".old{STAGING_SUFFIX}"  # the old copy `replace_dir` moves aside where it cannot exchange
 _RENAME_EXCHANGE = 2  # linux/fs.h
+
+logger = logging.getLogger(__name__)
 
 
 def normal_file_mode() -> int:
@@ -93,13 +97,22 @@ def temporary_file(path: str | os.PathLike) -> Iterator[Path]:
     try:
         with disk_full_as_error(path.name, path):
             yield temporary
-            with open(temporary, "rb+") as stream:
-                os.fsync(stream.fileno())
-            os.chmod(temporary, normal_file_mode())
-            os.replace(temporary, path)
-        _fsync_dir(path.parent)
+            commit(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make the finished file `temporary` (in `path`'s folder) the file `path`: fsync it, give it
+    the normal mode, rename it over `path`, fsync the folder. For files staged by their own
+    rules (a resumable download's `.part`); everything else uses `temporary_file`."""
+    path = Path(path)
+    with open(temporary, "rb+") as stream:
+        os.fsync(stream.fileno())
+    os.chmod(temporary, normal_file_mode())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -146,7 +159,7 @@ def replace_dir(staging: Path, target: Path) -> None:
     staging, target = Path(staging), Path(target)
     if target.exists():
         if not exchange(staging, target):
-            retired = target.with_name(f"{_staging_name(target)}old{STAGING_SUFFIX}")
+            retired = target.with_name(f"{_staging_name(target)}{_RETIRED_SUFFIX[1:]}")
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
             os.replace(staging, target)
@@ -158,38 +171,71 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def staging_dir(target: str | os.PathLike) -> Iterator[Path]:
+def staging_dir(
+    target: str | os.PathLike, *, what: str | None = None, needed_bytes: int | None = None
+) -> Iterator[Path]:
     """Yield a new empty folder beside `target` (with the normal folder mode); on a clean exit it
-    replaces `target` atomically (`replace_dir`), on an error it is removed."""
+    replaces `target` atomically (`replace_dir`), on an error it is removed.
+
+    A full disk inside the block becomes `disk_full_error(what or target's name, target,
+    needed_bytes)`.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=_staging_name(target), suffix=STAGING_SUFFIX))
-    os.chmod(staging, 0o777 & ~_umask())
+    staging = None
     try:
-        with disk_full_as_error(target.name, target):
+        with disk_full_as_error(what or target.name, target, needed_bytes):
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=_staging_name(target), suffix=STAGING_SUFFIX))
+            os.chmod(staging, 0o777 & ~_umask())
             yield staging
             replace_dir(staging, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def remove_stale(target: str | os.PathLike) -> list[Path]:
     """Remove the staging leftovers of `target` that a killed process left (files and folders
     named `.{target name}.{pid}.*.segflow-tmp` beside it, whose process is gone); returns what
-    was removed."""
+    was removed. Where `target` itself is missing because a process was killed inside
+    `replace_dir`'s two-rename fallback, the old copy it had moved aside is put back instead."""
     target = Path(target)
     if not target.parent.is_dir():
         return []
     removed = []
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*{STAGING_SUFFIX}"):
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}.*{STAGING_SUFFIX}")):
         owner = leftover.name[len(target.name) + 2 :].split(".", 1)[0]
         if owner.isdigit() and _alive(int(owner)):
+            continue
+        if leftover.name.endswith(_RETIRED_SUFFIX) and not (target.exists() or target.is_symlink()):
+            # Killed between the two renames of `replace_dir`'s fallback: put the old copy back.
+            os.replace(leftover, target)
+            logger.warning("restored %s from %s, which a killed run had moved aside", target, leftover)
             continue
         if leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
         removed.append(leftover)
+    return removed
+
+
+def remove_leftovers(target: str | os.PathLike, log: logging.Logger, *legacy_patterns: str) -> list[Path]:
+    """`remove_stale(target)`, plus the entries beside `target` matching `legacy_patterns` (glob
+    patterns of the staging names older versions used), and one warning line saying what went."""
+    target = Path(target)
+    removed = remove_stale(target)
+    if target.parent.is_dir():
+        for pattern in legacy_patterns:
+            for leftover in target.parent.glob(pattern):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+    if removed:
+        names = ", ".join(str(path) for path in removed)
+        log.warning("removed %d leftover staging folders of a killed run: %s", len(removed), names)
     return removed
 
 

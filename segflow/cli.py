@@ -6,6 +6,7 @@ steps start without loading TensorFlow.
 
 from __future__ import annotations
 
+import types
 import typing
 from pathlib import Path
 
@@ -122,56 +123,106 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out):
 
 
 # --- train ---------------------------------------------------------------------------------
-from segflow.config import Architecture, train_config  # noqa: E402  (pydantic only, no TensorFlow)
+from segflow.config import Architecture, TrainSettings, train_config  # noqa: E402  (pydantic only, no TensorFlow)
+from segflow.recipes import RecipeName  # noqa: E402
+
+# Short spellings kept beside the options named after the settings.
+OPTION_ALIASES = {"learning_rate": ["--lr"], "checkpoint_every_steps": ["--checkpoint-every"]}
+
+
+def settings_options(command):
+    """One option per TrainSettings field, named after it (`--batch-size`), typed from its
+    annotation, with its description and default as help. Every option defaults to None (not
+    given), so the recipe and the --config file apply underneath."""
+    for name, field in reversed(TrainSettings.model_fields.items()):
+        flag = "--" + name.replace("_", "-")
+        annotation = _unwrap_optional(field.annotation)
+        default = field.default if field.default is not None else "empty"
+        help_text = f"{field.description}  [default: {_default_text(default)}]"
+        if annotation is bool:
+            decls, kwargs = [f"{flag}/--no-{flag[2:]}"], {"default": None}
+        elif typing.get_origin(annotation) is typing.Literal:
+            decls, kwargs = [flag], {"type": click.Choice([str(choice) for choice in typing.get_args(annotation)])}
+        elif typing.get_origin(annotation) is tuple and typing.get_args(annotation) == (int, int):
+            decls, kwargs = [flag], {"type": str, "metavar": "HxW"}
+        elif typing.get_origin(annotation) is tuple:
+            decls, kwargs = [flag], {"type": typing.get_args(annotation)}
+        else:
+            decls, kwargs = [flag], {"type": annotation}
+        command = click.option(*decls, *OPTION_ALIASES.get(name, []), name, help=help_text, **kwargs)(command)
+    return command
+
+
+def _unwrap_optional(annotation):
+    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+    return arguments[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple) and all(isinstance(item, int) for item in value):
+        return "x".join(str(item) for item in value)
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value)
+    return str(value)
 
 
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON file of training settings (e.g. a run's config.json); options below override it.")
+@click.option("--recipe", type=click.Choice(typing.get_args(RecipeName)),
+              help="Named settings for the architecture (see `segflow recipes`); --config and options override it.")
 @click.option("--arch", "architecture", type=click.Choice(typing.get_args(Architecture)),
               help="Architecture (required unless --config gives it).")
 @click.option("--records", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="TFRecords folder from `segflow convert`.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: checkpoints, logs, exported model. Reuse it to resume.")
-@click.option("--width", type=float, help="Channel width multiplier.  [default: 1.0]")
-@click.option("--image-size", help="HxW images are resized to; the exported model's input.  [default: 512x1024]")
-@click.option("--crop-size", help="HxW random training crops.  [default: whole images]")
-@click.option("--val-image-size", help="HxW for the per-epoch val mIoU.  [default: image size]")
-@click.option("--val-max-examples", type=int, help="Val images scored per epoch.  [default: all]")
-@click.option("--batch-size", type=int, help="Global batch size.  [default: 8]")
-@click.option("--epochs", type=int, help="Epochs.  [default: 50]")
-@click.option("--steps-per-epoch", type=int, help="Steps per epoch.  [default: train examples // batch size]")
-@click.option("--lr", "learning_rate", type=float, help="Peak learning rate.  [default: 0.01]")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="SGD (momentum 0.9) or AdamW.  [default: sgd]")
-@click.option("--warmup-steps", type=int, help="Linear warmup steps.  [default: 200]")
-@click.option("--weight-decay", type=float, help="Decoupled weight decay.  [default: 1e-4]")
-@click.option("--scale-range", type=(float, float), help="Random scale MIN MAX before cropping.  [default: 0.5 2.0]")
-@click.option("--batchnorm-momentum", type=float, help="Batch-norm moving-average momentum.  [default: 0.99]")
-@click.option("--class-weights/--no-class-weights", default=None, help="ENet class weights from the manifest.")
-@click.option("--ohem/--no-ohem", default=None, help="Online hard example mining.")
-@click.option("--mixed-precision/--no-mixed-precision", default=None, help="mixed_float16 compute.")
-@click.option("--jit/--no-jit", default=None, help="XLA-compile the train step.")
-@click.option("--seed", type=int, help="Random seed.  [default: 0]")
-@click.option("--checkpoint-every", "checkpoint_every_steps", type=int, help="Checkpoint every N steps.  [default: 500]")
+@settings_options
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
 @click.option("--evaluate", is_flag=True, help="Then score the exported model on val into OUT/metrics.json (same process).")
-def train(config_file, records, out, quiet, evaluate, **settings):
+def train(config_file, recipe, records, out, quiet, evaluate, **settings):
     """Train a model on the records; rerun with the same --out to resume after an interruption.
 
-    Example: segflow train --arch unet --records records/ --out runs/unet --image-size 256x512 --epochs 20
+    Example: segflow train --recipe cityscapes --arch icnet --records records/ --out runs/icnet --batch-size 4
     """
-    config = train_config(config_file, **settings)  # checked before TensorFlow loads
+    config = train_config(config_file, recipe=recipe, **settings)  # checked before TensorFlow loads
     from segflow.train import train as train_model
 
     result = train_model(config, records, out, verbose=0 if quiet else 2)
     resumed = f", resumed from step {result.resumed_from_step}" if result.resumed_from_step else ""
-    click.echo(f"{result.model_path}: {result.steps} steps{resumed}, best val mIoU {result.best_val_miou}")
+    best = (f"; best epoch {result.best_epoch}: val mIoU {result.best_val_miou} (selected on val, kept in "
+            f"checkpoints/best/, not exported)" if result.best_val_miou is not None else "")
+    val_size = "x".join(str(side) for side in config.val_image_size or config.image_size)
+    subset = f", first {config.val_max_examples} val images" if config.val_max_examples else ""
+    click.echo(f"{result.model_path}: {result.steps} steps{resumed}{best}")
+    click.echo(f"exported model (final weights): val mIoU {result.val_miou} (at {val_size}{subset})")
     if evaluate:
         from segflow.evaluate import evaluate_model
 
         metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent)
         click.echo(f"{Path(result.model_path).parent / 'metrics.json'}: val mIoU {metrics['miou']}")
+
+
+@cli.command()
+@click.argument("name", default="cityscapes", type=click.Choice(typing.get_args(RecipeName)))
+@click.option("--markdown", is_flag=True, help="As a markdown table (the README's).")
+def recipes(name, markdown):
+    """Print a recipe's settings per architecture, each with its source (paper or reference config).
+
+    Example: segflow recipes cityscapes
+    """
+    from segflow import recipes as recipe_data
+
+    if markdown:
+        click.echo(recipe_data.markdown_table(name))
+        return
+    rows = recipe_data.table_rows(name)
+    if not rows:
+        click.echo(f"recipe {name!r} sets nothing: every architecture uses the given settings")
+        return
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
 
 
 # --- predict -------------------------------------------------------------------------------
@@ -234,6 +285,27 @@ def report(runs, out_dir, records, num_samples):
 
     paths = write_report(runs, out_dir, records_dir=records, num_samples=num_samples)
     click.echo("\n".join(str(path) for path in paths.values()))
+
+
+# --- clean ---------------------------------------------------------------------------------
+@cli.command()
+@click.argument("results_uri")
+@click.option("--keep", required=True, type=int, help="Newest runs to keep (latest.json's run and champions are always kept).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def clean(results_uri, keep, dry_run):
+    """Delete all but the newest published runs of a results store (a folder or s3://bucket/prefix).
+
+    Example: segflow clean segflow-results --keep 5 --dry-run
+    """
+    from segflow.clean import clean as clean_runs
+
+    chosen = clean_runs(results_uri, keep, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for run_id in chosen.delete:
+        click.echo(f"{verb} runs/{run_id}")
+    for run_id, reason in sorted(chosen.protected.items()):
+        click.echo(f"kept runs/{run_id}: {reason}")
+    click.echo(f"{verb} {len(chosen.delete)} of {len(chosen.delete) + len(chosen.keep)} runs")
 
 
 # --- pipeline: demo, serve -----------------------------------------------------------------

@@ -11,7 +11,9 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segflow.recipes import RecipeName
 
 Architecture = Literal["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]
 ImageSize = tuple[int, int]
@@ -32,12 +34,21 @@ def _size_from_text(value):
     return value
 
 
-class TrainConfig(BaseModel):
-    """Everything that decides what a training run computes (paths are not part of it)."""
+# Architectures whose paper starts from an ImageNet encoder that keras.applications provides,
+# and that encoder: ResNet-50 (He et al. 2016) for ResNet-FCN and DeepLabV3+, VGG16 for SegNet
+# (SegNet paper Sec. 3: the encoder is VGG16's 13 convolutional layers). ICNet's released
+# encoder is a half-width, deep-stem ResNet-50 that no keras.applications file fits; U-Net
+# trains from scratch (U-Net paper Sec. 3).
+BACKBONES: dict[str, str] = {"resnet": "ResNet50", "deeplabv3plus": "ResNet50", "segnet": "VGG16"}
+
+
+class TrainSettings(BaseModel):
+    """Every training setting but the architecture: what `segflow train` options, the pipeline's
+    form (`PipelineParams.training`) and the recipes (`segflow.recipes`) set. Adding a field here
+    adds it to all three."""
 
     model_config = ConfigDict(extra="forbid")
 
-    architecture: Architecture = Field(description="Model architecture, a key of segflow.models.ARCHITECTURES.")
     width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (1.0 = the paper's widths).")
     image_size: ImageSize = Field(
         (512, 1024),
@@ -82,8 +93,19 @@ class TrainConfig(BaseModel):
     mixed_precision: bool = Field(False, description="Compute in float16 (keras mixed_float16 policy) with loss scaling.")
     jit: bool = Field(False, description="Compile the train step with XLA (jit_compile).")
     seed: int = Field(0, description="Seed for weights initialisation, shuffling and augmentation.")
+    cache_decoded: Literal["auto", "on", "off"] = Field(
+        "auto", description="Keep the decoded train images in memory after the first epoch, so later epochs skip "
+        "PNG decoding; auto = when they take at most half the available memory (H x W x 4 bytes per image).",
+    )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
+    )
+    backbone_weights: str = Field(
+        "none",
+        min_length=1,
+        description="Encoder initialisation: 'none' (random), 'imagenet' (keras.applications' download) or "
+        "the local path or s3:// URI of a keras.applications weights file (ResNet50 for resnet and "
+        "deeplabv3plus, VGG16 for segnet; needs width 1.0).",
     )
 
     _sizes_from_text = field_validator("image_size", "crop_size", "val_image_size", mode="before")(_size_from_text)
@@ -114,12 +136,34 @@ class TrainConfig(BaseModel):
         return self.crop_size or self.image_size
 
 
-def train_config(config_file: str | os.PathLike | None = None, **values) -> TrainConfig:
-    """A TrainConfig from a JSON file of settings (e.g. a run's `config.json`) and/or keyword
-    values, which override the file's; None means "not given". An invalid value raises one
+class TrainConfig(TrainSettings):
+    """Everything that decides what a training run computes (paths are not part of it): the
+    training settings plus the architecture."""
+
+    architecture: Architecture = Field(description="Model architecture, a key of segflow.models.ARCHITECTURES.")
+
+    @model_validator(mode="after")
+    def _backbone_exists(self):
+        if self.backbone_weights == "none":
+            return self
+        if self.architecture not in BACKBONES:
+            raise ValueError(
+                f"backbone_weights {self.backbone_weights!r}: {self.architecture} has no ImageNet encoder "
+                f"(only {', '.join(BACKBONES)}); use 'none'"
+            )
+        if self.width != 1.0:
+            raise ValueError(f"backbone_weights {self.backbone_weights!r} needs width 1.0, got {self.width}")
+        return self
+
+
+def train_config(config_file: str | os.PathLike | None = None, recipe: str | None = None, **values) -> TrainConfig:
+    """A TrainConfig from a recipe's settings for the architecture (`segflow.recipes`), a JSON
+    file of settings (e.g. a run's `config.json`) and keyword values, each overriding the one
+    before; None means "not given". An invalid value or an unknown recipe raises one
     SegflowError naming the setting and the value (and the file)."""
     from pydantic import ValidationError
 
+    from segflow import recipes
     from segflow.errors import SegflowError
 
     settings = {}
@@ -131,6 +175,10 @@ def train_config(config_file: str | os.PathLike | None = None, **values) -> Trai
         if not isinstance(settings, dict):
             raise SegflowError(f"{config_file} must hold a JSON object of training settings")
     settings.update({key: value for key, value in values.items() if value is not None})
+    if recipe is not None:
+        if "architecture" not in settings:
+            raise SegflowError(f"recipe {recipe!r} needs the architecture (--arch)")
+        settings = {**recipes.settings(recipe, settings["architecture"]), **settings}
     try:
         return TrainConfig(**settings)
     except ValidationError as error:
@@ -176,17 +224,21 @@ class PipelineParams(BaseModel):
         (16, 6), description="With source 'synthetic': number of train and val images."
     )
     synthetic_size: ImageSize = Field((128, 256), description="With source 'synthetic': HxW of the generated images.")
-    image_size: ImageSize = Field((512, 1024), description="HxW the models train and evaluate at.")
-    crop_size: ImageSize | None = Field(None, description="HxW of random training crops; empty = whole images.")
-    width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (1.0 = the papers' widths).")
-    epochs: int = Field(50, ge=1, description="Epochs per architecture.")
-    steps_per_epoch: int | None = Field(None, ge=1, description="Steps per epoch; empty = one pass over the data.")
-    batch_size: int = Field(8, ge=1, description="Global batch size.")
-    learning_rate: float = Field(0.01, gt=0, description="Peak learning rate.")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="SGD with momentum 0.9, or AdamW.")
-    mixed_precision: bool = Field(False, description="Train in mixed_float16 (GPUs with tensor cores).")
-    checkpoint_every_steps: int = Field(500, ge=1, description="Checkpoint every N steps (and at each epoch end).")
-    seed: int = Field(0, description="Seed for data generation, initialisation and augmentation.")
+    recipe: RecipeName = Field(
+        "cityscapes",
+        description="Per-architecture settings (segflow.recipes; `segflow recipes` lists them with their "
+        "sources) that replace those of `training`: 'cityscapes' = each paper's or reference "
+        "implementation's Cityscapes schedule, 'demo' = tiny CPU settings, 'none' = `training` as is.",
+    )
+    training: TrainSettings = Field(
+        default_factory=TrainSettings,
+        description="Training settings of every architecture, where the recipe and the overrides do not set them.",
+    )
+    overrides: dict[Architecture, dict[str, typing.Any]] = Field(
+        default_factory=dict,
+        description='Per-architecture settings that replace the recipe\'s and `training`\'s, e.g. '
+        '{"deeplabv3plus": {"batch_size": 4, "backbone_weights": "s3://bucket/resnet50_notop.h5"}}.',
+    )
     max_parallel_training: int = Field(
         1, ge=1, le=16, description="Architectures trained at the same time on this worker (one per GPU)."
     )
@@ -201,39 +253,35 @@ class PipelineParams(BaseModel):
     work_dir: str = Field("segflow-work", description="Local folder for downloads, records and training state.")
     promote_champions: bool = Field(True, description="Move an architecture's champion pointer when its val mIoU improves.")
 
-    _sizes_from_text = field_validator("image_size", "crop_size", "synthetic_size", mode="before")(_size_from_text)
+    _sizes_from_text = field_validator("synthetic_size", mode="before")(_size_from_text)
+
+    @model_validator(mode="after")
+    def _every_architecture_valid(self):
+        """Each architecture's settings (training, recipe, overrides) must make a valid TrainConfig."""
+        for architecture in dict.fromkeys([*self.architectures, *self.overrides]):
+            try:
+                self.train_config(architecture)
+            except ValidationError as error:
+                problems = "; ".join(_describe(problem) for problem in error.errors())
+                raise ValueError(f"{architecture}: {problems}") from None
+        return self
 
     def train_config(self, architecture: str) -> TrainConfig:
-        """The TrainConfig of one architecture in this run."""
-        return TrainConfig(
-            architecture=architecture,
-            width=self.width,
-            image_size=self.image_size,
-            crop_size=self.crop_size,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            learning_rate=self.learning_rate,
-            optimizer=self.optimizer,
-            mixed_precision=self.mixed_precision,
-            checkpoint_every_steps=self.checkpoint_every_steps,
-            seed=self.seed,
-        )
+        """The TrainConfig of one architecture in this run: `training`, then the recipe's
+        settings for it, then its overrides (each replacing the one before)."""
+        from segflow import recipes
+
+        update = {**recipes.settings(self.recipe, architecture), **self.overrides.get(architecture, {})}
+        return TrainConfig.model_validate({**self.training.model_dump(), **update, "architecture": architecture})
 
 
 def demo_params(**overrides) -> PipelineParams:
-    """Tiny settings that run all five architectures on synthetic data in minutes on a CPU."""
-    values = dict(
-        source="synthetic",
-        synthetic_images=(16, 4),
-        synthetic_size=(64, 128),
-        image_size=(64, 128),
-        width=0.125,
-        epochs=2,
-        steps_per_epoch=8,
-        batch_size=4,
-        learning_rate=0.01,
-        optimizer="adamw",
-        checkpoint_every_steps=4,
-    )
-    return PipelineParams(**{**values, **overrides})
+    """Tiny settings that run all five architectures on synthetic data in minutes on a CPU: the
+    `demo` recipe's settings as `training` (recipe 'none'), so that training settings among the
+    keyword `overrides` (e.g. `epochs=3`) apply to every architecture."""
+    from segflow import recipes
+
+    training_keys = overrides.keys() & TrainSettings.model_fields.keys()
+    training = {**recipes.settings("demo", None), **{key: overrides.pop(key) for key in training_keys}}
+    values = dict(source="synthetic", synthetic_images=(16, 4), synthetic_size=(64, 128), recipe="none")
+    return PipelineParams(**{**values, **overrides, "training": {**training, **overrides.get("training", {})}})

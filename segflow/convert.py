@@ -7,9 +7,13 @@ they read every file they also finish its validation (chunk CRCs, label values, 
     {split}-{i:05d}-of-{n:05d}.tfrecord   images assigned round-robin, in key order
     manifest.json                         counts, class pixels, shard sha256s, input fingerprint
 
-Nothing half-done is ever visible: shards go to a hidden staging folder next to the output,
-the manifest is written there last, and only then does the staging folder take the output's
-place. A failed run leaves the previous output exactly as it was.
+Nothing half-done is ever visible: shards go to a hidden staging folder next to the output
+(`atomic.staging_dir`), the manifest is written there last, and only then does the staging folder
+take the output's place, in one atomic exchange of the two folders. A failed or killed run leaves
+the previous output exactly as it was; the next run removes the staging folder a killed run left
+and says so. A full disk is one error naming the output, the space needed and free. The worker
+processes die with the process that started them (`PR_SET_PDEATHSIG`), so a `kill -9` of the
+command leaves none behind.
 
 The fingerprint covers the conversion format version, the options that shape the output, and
 the relative path, size and modification time of every image and labelIds file. It is
@@ -20,6 +24,8 @@ does not keep modification times (`cp` without `-p`) only causes one needless re
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import io
 import json
@@ -28,8 +34,7 @@ import math
 import multiprocessing
 import os
 import re
-import secrets
-import shutil
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segflow import layout, storage
+from segflow import atomic, layout
 from segflow.cityscapes import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SPLITS, VALID_LABEL_IDS
 from segflow.errors import SegflowError
 from segflow.layout import Problem, Sample
@@ -77,34 +82,34 @@ def convert(
         raise SegflowError("no splits to convert: name at least one of " + ", ".join(SPLITS))
     if num_shards is not None and num_shards < 1:
         raise SegflowError(f"num_shards must be at least 1, got {num_shards}")
-    samples, problems, shards_per_split, fingerprint = _plan(data_dir, splits, num_shards)
+    samples, problems, shards_per_split, fingerprint, stats = _plan(data_dir, splits, num_shards)
 
     if not problems:
+        name = glob.escape(out_dir.name)
+        atomic.remove_leftovers(out_dir, logger, f".{name}.partial-*", f".{name}.old-*")  # and older versions' names
         previous = read_manifest(out_dir)
         if previous is not None and _is_complete(previous, fingerprint, out_dir):
             logger.info("%s is up to date with %s", out_dir, data_dir)
             return {**previous, "up_to_date": True}
     _check_output_folder(out_dir)
 
-    # With problems already found, the workers only check the pixels, to report everything at once.
-    staging = out_dir.parent / f".{out_dir.name}.partial-{secrets.token_hex(4)}" if not problems else None
-    try:
-        if staging:
-            _make_folder(staging)
-        tasks = [
+    def tasks(staging: Path | None) -> list[_ShardTask]:
+        return [
             _ShardTask(split, index, count, samples[split][index::count], staging)
             for split, count in shards_per_split.items()
             for index in range(count)
         ]
-        results = _run(tasks, workers, progress)
-        problems += [problem for result in results for problem in result.problems]
+
+    if problems:  # the workers only check the pixels, to report every problem at once
+        problems += [problem for result in _run(tasks(None), workers, progress) for problem in result.problems]
         layout.raise_if_problems(data_dir, problems)
+    # Shards go to a staging folder that takes the output's place in one atomic exchange.
+    needed = sum(size for stat in stats.values() for size in (stat[0], stat[2]))
+    with atomic.staging_dir(out_dir, what="TFRecords", needed_bytes=needed) as staging:
+        results = _run(tasks(staging), workers, progress)
+        layout.raise_if_problems(data_dir, [problem for result in results for problem in result.problems])
         manifest = _manifest(data_dir, fingerprint, splits, results)
-        storage.write_json(str(staging / MANIFEST_NAME), manifest)
-        _replace_folder(staging, out_dir)
-    finally:
-        if staging:
-            shutil.rmtree(staging, ignore_errors=True)
+        atomic.write_json(staging / MANIFEST_NAME, manifest)
     logger.info("wrote %d shards to %s", len(results), out_dir)
     return {**manifest, "up_to_date": False}
 
@@ -116,11 +121,11 @@ def input_fingerprint(data_dir: str | Path, splits: tuple[str, ...] = SPLITS, nu
 
 
 def _plan(data_dir: Path, splits: tuple[str, ...], num_shards: int | None):
-    """(samples, problems, shards per split, fingerprint) of a conversion, before any decoding."""
+    """(samples, problems, shards per split, fingerprint, file stats) of a conversion, before any decoding."""
     samples, problems = layout.scan(data_dir, splits)
     stats = {sample: _input_stats(sample) for split_samples in samples.values() for sample in split_samples}
     shards_per_split = {split: _num_shards(samples[split], stats, num_shards) for split in splits}
-    return samples, problems, shards_per_split, _fingerprint(data_dir, samples, stats, shards_per_split)
+    return samples, problems, shards_per_split, _fingerprint(data_dir, samples, stats, shards_per_split), stats
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:
@@ -250,7 +255,8 @@ def _run(tasks: list[_ShardTask], workers: int | None, progress: bool) -> list[_
                 bar.update(len(task.samples))
             return results
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),))
+        with pool:
             futures = {pool.submit(_write_shard, task): index for index, task in enumerate(tasks)}
             try:
                 for future in as_completed(futures):
@@ -260,6 +266,17 @@ def _run(tasks: list[_ShardTask], workers: int | None, progress: bool) -> list[_
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return results
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: have Linux SIGKILL this worker when its parent dies (prctl
+    PR_SET_PDEATHSIG, linux/prctl.h: 1), and exit now if the parent is already gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling remains
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def _input_stats(sample: Sample) -> tuple[int, ...]:
@@ -343,27 +360,3 @@ def _manifest(data_dir: Path, fingerprint: str, splits: tuple[str, ...], results
             ],
         }
     return manifest
-
-
-def _make_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True)
-    except OSError as error:
-        raise SegflowError(f"cannot create {folder}: {error.strerror or error}") from error
-
-
-
-
-def _replace_folder(new: Path, out_dir: Path) -> None:
-    """Put `new` where `out_dir` is: two renames in the same folder, then delete the old one."""
-    if not out_dir.exists():
-        os.replace(new, out_dir)
-        return
-    old = out_dir.parent / f".{out_dir.name}.old-{secrets.token_hex(4)}"
-    os.replace(out_dir, old)
-    try:
-        os.replace(new, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: TFRecord shards in, batches of `(images, labels)` out.
 
-It only composes: list shards → interleaved parallel reads → (shuffle) → `records.decode_example`
-→ `augment.parse_train` or `augment.parse_eval` in a parallel map → batch → prefetch. Batches:
+It only composes: list shards → interleaved parallel reads → [decode the PNGs → cache] →
+(shuffle) → `records.decode_example` → `augment.parse_train` (or, cached, `augment.augment_train`)
+or `augment.parse_eval` in a parallel map → batch → prefetch. Batches:
 
 - images: float32 `[B, H, W, 3]`, normalised with `augment.MEAN_RGB` / `augment.STDDEV_RGB`;
 - labels: int32 `[B, H, W]` of trainIds, 255 (`IGNORE_LABEL`) for void and crop padding; use
@@ -9,11 +10,26 @@ It only composes: list shards → interleaved parallel reads → (shuffle) → `
 
 With an integer seed the stream is reproducible: shard order, shuffle and every example's
 augmentation (a stateless seed `(seed, position in the stream)`) depend only on it.
+
+Decode once (`cache_decoded`): training can keep the decoded uint8 images and labels in memory
+after the first epoch (`tf.data.Dataset.cache` after decoding, before augmentation), so later
+epochs skip the PNG decoding, most of the pipeline's CPU time on full-size Cityscapes records
+(see BENCHMARKS.md). It takes `H × W × 4` bytes per example (3 image + 1 label channels): 23.2 GiB
+for the 2975 Cityscapes train images at 1024×2048. Augmentation stays random in every epoch.
+The first epoch is the same stream as without the cache (up to the last `shuffle_buffer`
+examples, which the shuffle mixes with the next epoch's); later epochs keep the first epoch's
+shard order and rely on the shuffle buffer, which then holds references into the cache, not
+copies.
+
+`startup_line` tells a training run, at its start, whether its decoded images are cached and,
+with GPUs, whether this machine's CPUs can supply the images the GPUs could train on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -24,6 +40,20 @@ from segflow.records import decode_example, shard_pattern
 
 SHUFFLE_BUFFER = 64  # serialized examples; a full-size Cityscapes record is ~2-4 MB
 MAX_PARALLEL_READS = 16
+# "auto" caches the decoded images when they take at most this fraction of the memory available
+# now; the rest is left to the shuffle buffer, prefetched batches, the model and the TF runtime.
+CACHE_MEMORY_FRACTION = 0.5
+CACHE_SETTINGS = ("auto", "on", "off")
+
+# Demand side of `startup_line` and benchmarks/bench_input.py: NVIDIA H100 Tensor Core GPU
+# datasheet, H100 SXM, "BF16 Tensor Core 1,979 teraFLOPS" with sparsity, i.e. 989 dense; a
+# well-tuned training step reaches ~40 % of it (model FLOPs utilisation); training costs ~3 ×
+# the forward FLOPs (forward, then gradients for activations and for weights).
+H100_BF16_DENSE_TFLOPS = 989.0
+UTILISATION = 0.4
+TRAINING_FLOPS_PER_FORWARD = 3.0
+
+logger = logging.getLogger(__name__)
 
 
 def make_dataset(
@@ -39,6 +69,7 @@ def make_dataset(
     seed: int | None = 0,
     shuffle_buffer: int = SHUFFLE_BUFFER,
     repeat: bool | None = None,
+    cache_decoded: str = "off",
 ) -> tf.data.Dataset:
     """Batches of `(images, labels)` from TFRecord shards (see the module docstring for dtypes).
 
@@ -61,6 +92,8 @@ def make_dataset(
             stream each time, and elements may come out of order for speed.
         shuffle_buffer: training: serialized examples held for shuffling.
         repeat: loop forever; default: `training`.
+        cache_decoded: training: keep the decoded images and labels in memory after the first
+            epoch: `"on"`, `"off"`, or `"auto"` (on when they fit, see `cache_decision`).
 
     Example:
         make_dataset("records", "train", training=True, batch_size=8, crop_size=(512, 1024))
@@ -72,35 +105,38 @@ def make_dataset(
     files = list_shards(records, split)
     repeat = training if repeat is None else repeat
     deterministic = seed is not None or not training
+    cache, needed, _ = cache_decision(cache_decoded, records, split) if training else (False, 0, 0)
+    if cache:
+        logger.info("keeping %s of decoded train images in memory after the first epoch", _size(needed))
 
+    # One epoch of serialized examples, the shards in a new random order in each epoch.
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)
-    if repeat:
-        dataset = dataset.repeat()
     dataset = dataset.interleave(
         tf.data.TFRecordDataset,
         cycle_length=min(len(files), MAX_PARALLEL_READS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
     )
+    if cache:
+        dataset = dataset.map(_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic).cache()
+    if repeat:
+        dataset = dataset.repeat()
     if training:
         dataset = dataset.shuffle(shuffle_buffer, seed=seed)
         # Each example's augmentation seed is (seed, its position in the stream): reproducible,
         # and different in every epoch.
         example_seed = _random_seed() if seed is None else seed
-        dataset = dataset.enumerate().map(
-            lambda index, serialized: augment.parse_train(
-                decode_example(serialized),
-                crop_size,
-                scale_range=scale_range,
-                resize=resize,
-                seed=tf.stack([tf.constant(example_seed, tf.int64), index]),
-                photometric=photometric,
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
+
+        def parse(index, example):
+            image, label = example if cache else _decode(example)
+            pair_seed = tf.stack([tf.constant(example_seed, tf.int64), index])
+            return augment.augment_train(
+                image, label, crop_size, scale_range, resize, seed=pair_seed, photometric=photometric
+            )
+
+        dataset = dataset.enumerate().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     else:
         dataset = dataset.map(
             lambda serialized: augment.parse_eval(decode_example(serialized), resize=resize),
@@ -111,6 +147,131 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = deterministic
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def cache_decision(
+    setting: str, records: str | os.PathLike, split: str | None = None, available: int | None = None
+) -> tuple[bool, int, int]:
+    """Whether to cache the decoded examples: `(cache, bytes needed, bytes available)`.
+
+    Args:
+        setting: `"on"`, `"off"`, or `"auto"` (on when the bytes needed are at most
+            `CACHE_MEMORY_FRACTION` of the memory available).
+        records, split: the shards, as for `make_dataset`; see `decoded_bytes`.
+        available: bytes of memory available; default: `MemAvailable` of /proc/meminfo.
+
+    Raises:
+        SegflowError: `setting` is none of the three.
+    """
+    if setting not in CACHE_SETTINGS:
+        raise SegflowError(f"cache_decoded must be one of {', '.join(CACHE_SETTINGS)}; got {setting!r}")
+    if setting == "off":
+        return False, 0, 0
+    available = _available_memory() if available is None else available
+    needed = decoded_bytes(records, split)
+    return setting == "on" or needed <= CACHE_MEMORY_FRACTION * available, needed, available
+
+
+def decoded_bytes(records: str | os.PathLike, split: str | None = None) -> int:
+    """Bytes that the decoded uint8 images (3 channels) and labels (1) take: examples (from
+    `manifest.json` when `records` is a folder that has one, else counted) × the first record's
+    `image/height × image/width × 4`."""
+    files = list_shards(records, split)
+    if tf.io.gfile.isdir(str(records)):
+        count = count_examples(records, split)
+    else:
+        count = int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda total, _: total + 1))
+    first = decode_example(next(iter(tf.data.TFRecordDataset(files[:1]).take(1))))
+    return count * int(first["image/height"]) * int(first["image/width"]) * 4
+
+
+def per_core_rate(
+    records: str | os.PathLike,
+    split: str | None = "train",
+    *,
+    crop_size: tuple[int, int],
+    resize: tuple[int, int] | None = None,
+    scale_range: tuple[float, float] = augment.SCALE_RANGE,
+    cached: bool,
+    num_examples: int = 4,
+    rounds: int = 2,
+) -> float:
+    """Training images per CPU-second on one core, from a short timed sample of the records.
+
+    Times `augment.parse_train` (`cached=False`: the PNGs decoded every time) or only
+    `augment.augment_train` on decoded tensors held in memory (`cached=True`) over the first
+    `num_examples` records, held in memory so that disk reads do not count, on a private tf.data
+    thread pool of one thread. CPU time of this process is used, so other processes on the
+    machine do not change the result. Best of `rounds` passes, after one untimed pass.
+    """
+    files = list_shards(records, split)
+    sample = tf.data.TFRecordDataset(files).take(num_examples)
+    if cached:
+        sample = sample.map(_decode)
+    sample = sample.cache().repeat().enumerate()
+
+    def parse(index, example):
+        image, label = example if cached else _decode(example)
+        seed = tf.stack([tf.constant(0, tf.int64), index])
+        return augment.augment_train(image, label, crop_size, scale_range, resize, seed=seed)
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    iterator = iter(sample.map(parse).with_options(options))
+    best = 0.0
+    for round_index in range(rounds + 1):
+        started = time.process_time()
+        for _ in range(num_examples):
+            next(iterator)
+        if round_index:  # the first pass fills the cache and traces the functions
+            best = max(best, num_examples / max(time.process_time() - started, 1e-9))
+    return best
+
+
+def gpu_demand(forward_gflops: float, gpus: int) -> float:
+    """Training images/s that `gpus` H100s consume at `UTILISATION` of the dense bf16 peak,
+    for a model of `forward_gflops` per image (see the constants for the sources)."""
+    return gpus * UTILISATION * H100_BF16_DENSE_TFLOPS * 1e3 / (TRAINING_FLOPS_PER_FORWARD * forward_gflops)
+
+
+def startup_line(config, records_dir: str | os.PathLike, model, gpus: int | None = None) -> str:
+    """One line for the start of a training run: whether the decoded train images are cached
+    (with their size) and, with GPUs, the images/s this machine's cores supply against the
+    images/s the GPUs could train on (`gpu_demand`), saying "input-bound" when fewer.
+
+    Args:
+        config: the run's `segflow.config.TrainConfig`.
+        records_dir: the records folder.
+        model: the training model (a Keras model at the training size), for its forward FLOPs
+            (`segflow.models.complexity.gflops`).
+        gpus: GPUs training; default: the GPUs TensorFlow sees. With none, supply is not measured.
+    """
+    cache, needed, available = cache_decision(config.cache_decoded, records_dir, "train")
+    if cache:
+        line = f"input pipeline: decoded train images kept in memory after the first epoch ({_size(needed)}"
+        line += f" of {_size(available)} available)" if available else ")"
+    elif config.cache_decoded == "auto":
+        line = (
+            f"input pipeline: PNGs decoded every epoch (cache_decoded=auto: {_size(needed)} of decoded images"
+            f" exceed {CACHE_MEMORY_FRACTION:.0%} of the {_size(available)} available)"
+        )
+    else:
+        line = "input pipeline: PNGs decoded every epoch (cache_decoded=off)"
+    gpus = len(tf.config.list_logical_devices("GPU")) if gpus is None else gpus
+    if gpus:
+        cores = len(os.sched_getaffinity(0))
+        rate = per_core_rate(
+            records_dir, "train", crop_size=config.train_size, resize=config.image_size,
+            scale_range=config.scale_range, cached=cache,
+        )
+        from segflow.models.complexity import gflops
+
+        demand = gpu_demand(gflops(model), gpus)
+        line += f"; supplies ~{rate * cores:.0f} images/s on this machine ({cores} cores × {rate:.1f})"
+        line += f", {gpus} GPU(s) could train ~{demand:.0f} images/s of {config.architecture}"
+        line += " at 40 % of an H100's bf16 peak: INPUT-BOUND" if rate * cores < demand else ": not input-bound"
+    return line
 
 
 def list_shards(records: str | os.PathLike, split: str | None = None) -> list[str]:
@@ -137,6 +298,27 @@ def count_examples(records_dir: str | os.PathLike, split: str) -> int:
         return int(manifest["splits"][split]["num_examples"])
     files = list_shards(Path(records_dir), split)
     return int(tf.data.TFRecordDataset(files).reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def _decode(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """A serialized record → uint8 image `[H, W, 3]` and uint8 label `[H, W, 1]`."""
+    features = decode_example(serialized)
+    return augment.decode_image(features), augment.decode_label(features)
+
+
+def _size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (`MemAvailable`, which counts reclaimable page cache)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _random_seed() -> int:

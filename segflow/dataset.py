@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from segflow import download, storage, synthetic
+from segflow import atomic, download, synthetic
 from segflow.cityscapes import PACKAGES
 
 SYNTHETIC = "synthetic"
@@ -53,7 +53,7 @@ def prepare(
 
         zips = download.fetch_packages(source, work_dir / "downloads", PACKAGES, credentials)
         extract(zips, data_root)
-    storage.write_json(str(data_root / SOURCE_FILE), {"source": _redacted(source), "fingerprint": key})
+    atomic.write_json(data_root / SOURCE_FILE, {"source": _redacted(source), "fingerprint": key})
     return data_root
 
 
@@ -75,7 +75,7 @@ def _prepare_from_site(source: str, work_dir: Path, credentials: download.Creden
     from segflow.extract import extract
 
     extract(zips, data_root)
-    storage.write_json(str(data_root / SOURCE_FILE), {"source": _redacted(source), "fingerprint": key})
+    atomic.write_json(data_root / SOURCE_FILE, {"source": _redacted(source), "fingerprint": key})
     return data_root
 
 

@@ -28,7 +28,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from segflow import __version__, storage
+from segflow import __version__, atomic, storage
 from segflow.cityscapes import PACKAGES
 from segflow.errors import SegflowError
 
@@ -339,7 +339,7 @@ def download_resumable(
                 f"{destination.name} from {url} is corrupt: its MD5 is {actual}, the site says {md5};"
                 " the download was deleted, run again to download it afresh"
             )
-    os.replace(part, destination)
+    atomic.commit(part, destination)
     log.info("downloaded %s (%d bytes)", destination, destination.stat().st_size)
     return destination
 

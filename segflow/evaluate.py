@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from segflow.errors import SegflowError
+from segflow.run_files import METRICS_FILE, MODEL_FILE
 
-METRICS_FILE = "metrics.json"
 LATENCY_RUNS = 20
 
 
@@ -31,7 +31,7 @@ def load_model(path: str | os.PathLike):
 
     path = Path(path)
     if path.is_dir():
-        path = path / "model.keras"
+        path = path / MODEL_FILE
     if not path.is_file():
         raise SegflowError(f"model file {path} does not exist")
     try:

@@ -112,8 +112,7 @@ def mean_of_scores(scores) -> float | None:
 
 
 def write_metrics(metrics: dict, path: str | os.PathLike) -> Path:
-    """Write `metrics` as JSON atomically: a temporary file in the same folder, then `os.replace`."""
-    from segflow import storage
+    """Write `metrics` as JSON atomically (`segflow.atomic`), with the normal file mode."""
+    from segflow import atomic
 
-    storage.write_json(str(path), metrics)
-    return Path(path)
+    return atomic.write_json(path, metrics)

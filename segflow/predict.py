@@ -20,13 +20,13 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
+from segflow import atomic
 from segflow.cityscapes import colorize, to_label_ids
 from segflow.errors import SegflowError
 
@@ -130,12 +130,6 @@ def _batches_of_same_size(paths: list[Path], batch_size: int):
 
 
 def _write_png(array: np.ndarray, path: Path) -> Path:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(descriptor)
-    try:
-        Image.fromarray(array).save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic.temporary_file(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG")
     return path

@@ -6,23 +6,31 @@ S3 goes through boto3; the endpoint can point at any S3-compatible store (MinIO,
 `AWS_ENDPOINT_URL` environment variables. Every upload stores the file's MD5 in the object's
 metadata (botocore also sends a CRC32 the server verifies) and its size is checked once it lands;
 every download is checked against that size and MD5 before it replaces anything. Local writes go
-to a temporary file in the same folder and are renamed into place.
+through `segflow.atomic` (a temporary file beside the target, renamed into place).
 
-`publish` writes a run under `{results_uri}/runs/{run_id}/` and updates `{results_uri}/latest.json`
-last, so a reader that follows the pointer never sees a half-written run.
+`publish` writes a run under `{results_uri}/runs/{run_id}/`, its `manifest.json` last, and only
+then updates `{results_uri}/latest.json`, so the pointer never names a half-written run, whatever
+moment a crash picks (see `publish`). Pointers hold absolute URIs: `s3://...` or an absolute
+local path, valid from any working folder.
+
+`read_json_tagged` / `write_json_if` are a compare-and-swap on one JSON object: S3 conditional
+writes (`If-None-Match: *`, `If-Match: <ETag>`), or for local files an exclusive lock (flock)
+held while the content is re-read and replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import functools
+import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +39,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from segflow import atomic
 from segflow.errors import SegflowError
 
 MiB = 1024 * 1024
@@ -54,6 +63,7 @@ _CREDENTIAL_ERRORS = {
     "403",
 }
 _NOT_FOUND_ERRORS = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+logger = logging.getLogger(__name__)
 
 
 # === URIs ===
@@ -160,21 +170,8 @@ def file_md5(path: str | os.PathLike) -> str:
 
 
 def _atomic_copy(source: Path, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary_beside(destination) as temporary:
+    with atomic.temporary_file(destination) as temporary:
         shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-
-
-@contextlib.contextmanager
-def _temporary_beside(destination: Path) -> Iterator[Path]:
-    """A temporary file name in `destination`'s folder, removed if it was not renamed away."""
-    descriptor, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    os.close(descriptor)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 def _readable_files(local_dir: Path) -> list[Path]:
@@ -221,7 +218,7 @@ def download_file(uri: str, local: str | os.PathLike, *, endpoint_url: str | Non
         return local
     client = client or s3_client(endpoint_url)
     bucket, key = split_s3(uri)
-    with _temporary_beside(local) as temporary:
+    with atomic.temporary_file(local) as temporary:
         with _s3_errors(uri):
             head = client.head_object(Bucket=bucket, Key=key)
             client.download_file(bucket, key, str(temporary), Config=_transfer_config())
@@ -232,7 +229,6 @@ def download_file(uri: str, local: str | os.PathLike, *, endpoint_url: str | Non
             expected_md5 is not None and file_md5(temporary) != expected_md5
         ):
             raise SegflowError(f"download check failed for {uri}: size or MD5 differs from the stored object")
-        os.replace(temporary, local)
     return local
 
 
@@ -311,11 +307,7 @@ def write_text(uri: str, text: str, *, endpoint_url: str | None = None) -> str:
     """Write `text` to `uri` in one step: a reader sees the old content or the new, never a mix."""
     data = text.encode("utf-8")
     if not is_s3(uri):
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _temporary_beside(path) as temporary:
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
+        atomic.write_bytes(local_path(uri), data)
         return uri
     bucket, key = split_s3(uri)
     md5 = hashlib.md5(data).hexdigest()
@@ -341,7 +333,77 @@ def write_json(uri: str, value: Any, *, endpoint_url: str | None = None) -> str:
 
 
 def read_json(uri: str, *, endpoint_url: str | None = None) -> Any:
-    text = read_text(uri, endpoint_url=endpoint_url)
+    return _parse_json(uri, read_text(uri, endpoint_url=endpoint_url))
+
+
+# === Compare-and-swap on one JSON object ===
+
+
+def read_json_tagged(uri: str, *, endpoint_url: str | None = None) -> tuple[Any, str | None]:
+    """`(value, tag)` of the JSON object at `uri`, or `(None, None)` when there is none; pass the
+    tag to `write_json_if` to replace exactly this version. The tag is the S3 ETag, or locally
+    the SHA-256 of the file's bytes."""
+    if not is_s3(uri):
+        try:
+            data = local_path(uri).read_bytes()
+        except FileNotFoundError:
+            return None, None
+        return _parse_json(uri, data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    bucket, key = split_s3(uri)
+    with _s3_errors(uri):
+        try:
+            response = s3_client(endpoint_url).get_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND_ERRORS:
+                return None, None
+            raise
+        return _parse_json(uri, response["Body"].read().decode("utf-8")), response["ETag"]
+
+
+def write_json_if(uri: str, value: Any, tag: str | None, *, endpoint_url: str | None = None) -> bool:
+    """Write `value` to `uri` only if it still holds the version `tag` came with (`tag` None: only
+    if there is no object yet). Returns False, writing nothing, when another writer came first:
+    read again, decide again, retry."""
+    text = json.dumps(value, indent=2) + "\n"
+    if not is_s3(uri):
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path.with_name(f".{path.name}.lock")):
+            if read_json_tagged(uri)[1] != tag:
+                return False
+            atomic.write_text(path, text)
+        return True
+    bucket, key = split_s3(uri)
+    data = text.encode("utf-8")
+    condition = {"IfMatch": tag} if tag else {"IfNoneMatch": "*"}
+    with _s3_errors(uri):
+        try:
+            s3_client(endpoint_url).put_object(
+                Bucket=bucket, Key=key, Body=data, Metadata={"md5": hashlib.md5(data).hexdigest()}, **condition
+            )
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                return False
+            raise
+    return True
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive flock on `lock_path` (created with the normal mode); the kernel releases it
+    when the holder dies, so a killed process never leaves the lock held."""
+    import fcntl
+
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _parse_json(uri: str, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -351,24 +413,40 @@ def read_json(uri: str, *, endpoint_url: str | None = None) -> Any:
 # === Publishing runs ===
 
 
+def absolute(uri: str | os.PathLike) -> str:
+    """`uri` as stored in pointers: S3 URIs as they are, local paths made absolute (resolved)."""
+    return str(uri) if is_s3(uri) else str(local_path(uri).resolve())
+
+
 def publish(local_dir: str | os.PathLike, results_uri: str, run_id: str, *, endpoint_url: str | None = None) -> str:
     """Publish a finished run: copy `local_dir` to `{results_uri}/runs/{run_id}/`, write its
-    `manifest.json`, and only then point `{results_uri}/latest.json` at it. Returns the run URI.
+    `manifest.json`, and only then point `{results_uri}/latest.json` at it. Returns the run URI
+    (absolute: what `latest.json` holds).
 
-    If anything fails on the way, `latest.json` still points at the previous complete run.
-    Publishing the same run id again (a retry) overwrites that run's files.
+    If anything fails or the process is killed on the way, `latest.json` still names a complete
+    run (the previous one), and a folder it names is never changed in place:
+      - locally, the run is staged beside `runs/{run_id}/` with its manifest and exchanged with it
+        in one atomic step (`atomic.staging_dir`), so publishing the same run id again (a retry)
+        replaces that run's files all at once; the next publish removes a killed one's staging;
+      - on S3, where objects cannot be swapped together, a run id that already has a complete
+        (manifest-holding) run is published again under a new folder `runs/{run_id}.{UTC time}/`
+        and the pointer moved there; an incomplete earlier attempt is overwritten and its extra
+        objects deleted.
     """
     local_dir = Path(local_dir)
     if not _RUN_ID.match(run_id):
         raise SegflowError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-'")
     files = _readable_files(local_dir)
-    run_uri = join(results_uri, "runs", run_id)
-    if is_s3(results_uri):
-        upload_dir(local_dir, run_uri, endpoint_url=endpoint_url)
-    else:
-        _copy_tree_atomically(local_dir, local_path(run_uri))
     names = [path.relative_to(local_dir).as_posix() for path in files]
-    write_json(join(run_uri, MANIFEST), {"run_id": run_id, "files": names}, endpoint_url=endpoint_url)
+    manifest = {"run_id": run_id, "files": names}
+    if is_s3(results_uri):
+        run_uri = _s3_run_uri(results_uri, run_id, endpoint_url)
+        upload_dir(local_dir, run_uri, endpoint_url=endpoint_url)
+        _delete_others(run_uri, set(names), endpoint_url)
+        write_json(join(run_uri, MANIFEST), manifest, endpoint_url=endpoint_url)
+    else:
+        run_uri = absolute(join(results_uri, "runs", run_id))
+        _copy_tree_atomically(local_dir, local_path(run_uri), manifest)
     published_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     pointer = {"run_id": run_id, "uri": run_uri, "published_at": published_at}
     write_json(join(results_uri, LATEST), pointer, endpoint_url=endpoint_url)
@@ -383,24 +461,35 @@ def latest_run(results_uri: str, *, endpoint_url: str | None = None) -> dict | N
     return read_json(uri, endpoint_url=endpoint_url)
 
 
-def _copy_tree_atomically(source: Path, destination: Path) -> None:
-    """Copy a folder beside `destination`, then swap it in; the old copy goes only after the swap."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    # The copy goes inside a private temporary folder, so it keeps the source's permissions.
-    workspace = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".staging"))
-    staging, retired = workspace / "new", workspace / "old"
-    try:
+def _s3_run_uri(results_uri: str, run_id: str, endpoint_url: str | None) -> str:
+    """`runs/{run_id}` unless it holds a complete run (which a pointer may name), else a new folder."""
+    run_uri = join(results_uri, "runs", run_id)
+    if not exists(join(run_uri, MANIFEST), endpoint_url=endpoint_url):
+        return run_uri
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return join(results_uri, "runs", f"{run_id}.{stamp}")
+
+
+def _delete_others(run_uri: str, keep: set[str], endpoint_url: str | None) -> None:
+    """Delete the objects under `run_uri` not in `keep`: what an earlier, failed attempt left."""
+    extra = [name for name in list_files(run_uri, endpoint_url=endpoint_url) if name not in keep]
+    bucket, _ = split_s3(run_uri)
+    client = s3_client(endpoint_url)
+    with _s3_errors(run_uri):
+        for start in range(0, len(extra), 1000):
+            keys = [{"Key": split_s3(join(run_uri, name))[1]} for name in extra[start : start + 1000]]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def _copy_tree_atomically(source: Path, destination: Path, manifest: dict) -> None:
+    """Copy a folder and its manifest beside `destination`, then exchange it with `destination` in
+    one atomic step; removes what a killed earlier copy left first."""
+    atomic.remove_leftovers(destination, logger, f".{glob.escape(destination.name)}.*.staging")
+    with atomic.staging_dir(destination, what=f"the run {source}") as staging:
         try:
-            shutil.copytree(source, staging)
+            shutil.copytree(source, staging, dirs_exist_ok=True)
         except (OSError, shutil.Error) as error:
+            if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "[Errno 28]" in str(error):
+                raise atomic.disk_full_error(f"the run {source}", destination) from None
             raise SegflowError(f"cannot copy {source} to {destination}: {error}") from None
-        if destination.exists():
-            os.replace(destination, retired)
-        try:
-            os.replace(staging, destination)
-        except OSError:
-            if retired.exists():
-                os.replace(retired, destination)
-            raise
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
+        atomic.write_json(staging / MANIFEST, manifest)

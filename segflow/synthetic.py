@@ -11,11 +11,11 @@ Everything is a pure function of (seed, split, index): byte-identical for a seed
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import re
-import shutil
-import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segflow import atomic
 from segflow.cityscapes import (
     COLOR_SUFFIX,
     IMAGE_DIR,
@@ -39,6 +40,8 @@ from segflow.cityscapes import (
     SPLITS,
 )
 from segflow.errors import SegflowError
+
+logger = logging.getLogger(__name__)
 
 # The real cities of each split of the Cityscapes fine annotations.
 CITIES: Mapping[str, tuple[str, ...]] = {
@@ -84,7 +87,7 @@ def write_dataset(
     """Write a synthetic dataset in the Cityscapes layout under `out_dir` and return `out_dir`.
 
     Images go round-robin over the split's cities (`CITIES`, or `cities` to override some
-    splits). The tree is built in a temporary sibling folder and renamed into place, so
+    splits). The tree is built in a staging folder beside it (`atomic.staging_dir`) and renamed into place, so
     `out_dir` either holds the complete dataset or does not exist; an existing non-empty
     `out_dir` is an error. `zips=True` also writes `gtFine_trainvaltest.zip` and
     `leftImg8bit_trainvaltest.zip` laid out like the real downloads.
@@ -97,9 +100,7 @@ def write_dataset(
     out_dir = Path(out_dir)
     target = Path(os.path.abspath(out_dir))
     _check_output(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
-    staging.mkdir()  # unlike mkdtemp, keeps the umask's permissions for the final folder
+    atomic.remove_leftovers(target, logger, f".{glob.escape(target.name)}.*.partial")
 
     def write_one(job: tuple[str, int]) -> None:
         split, index = job
@@ -107,7 +108,7 @@ def write_dataset(
         example = render_example(split, index, height=height, width=width, seed=seed)
         _write_example(staging, split, city, f"{city}_{sequence:06d}_{FRAME:06d}", example)
 
-    try:
+    with atomic.staging_dir(target, what="the synthetic dataset") as staging:
         jobs = [(split, index) for split in SPLITS for index in range(counts[split])]
         # Frames are independent (each has its own seed) and numpy, ImageDraw and the PNG
         # encoder release the GIL, so threads use every core and the output stays the same.
@@ -119,10 +120,6 @@ def write_dataset(
             pool.shutdown(cancel_futures=True)  # on an error or Ctrl-C, start no further frames
         if zips:
             write_packages(staging, staging)
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -177,14 +174,12 @@ def write_packages(dataset_dir, out_dir) -> list[Path]:
     written = []
     for package, top_dir in zip(PACKAGES, (LABEL_DIR, IMAGE_DIR)):
         target = out_dir / package
-        partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(partial, "w") as archive:
+        with atomic.temporary_file(target) as partial, zipfile.ZipFile(partial, "w") as archive:
             _add_to_zip(archive, "README", _README.format(top_dir=top_dir).encode())
             _add_to_zip(archive, "license.txt", _LICENSE.encode())
             for path in sorted((dataset_dir / top_dir).rglob("*")):
                 if path.is_file():
                     _add_to_zip(archive, path.relative_to(dataset_dir).as_posix(), path.read_bytes())
-        os.replace(partial, target)
         written.append(target)
     return written
 
@@ -217,13 +212,6 @@ def _check_output(out_dir: Path) -> None:
         raise SegflowError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise SegflowError(f"output directory {out_dir} already exists and is not empty; remove it or pick another")
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    try:
-        os.replace(staging, out_dir)  # also replaces an empty directory
-    except OSError as error:
-        raise SegflowError(f"could not move the dataset into {out_dir}: {error.strerror}") from error
 
 
 def _city_and_sequence(cities: Sequence[str], index: int) -> tuple[str, int]:

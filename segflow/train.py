@@ -7,7 +7,8 @@ A run lives in one output folder:
     tensorboard/       TensorBoard logs
     checkpoints/       step-NNNNNNNNN/ (the latest two) and best/ (highest val mIoU)
     model.keras        the final model, single output at `image_size`, float32
-    saved_model/       the same model as a TF SavedModel (`serve` endpoint) for TF Serving
+    saved_model/       the same model as a TF SavedModel for TF Serving: uint8 RGB of any size in,
+                       `label_ids` / `train_ids` out (`segflow.serving`)
 
 Restarting with the same folder resumes from the latest checkpoint: weights, optimizer state
 (momentum, step count) and the learning-rate schedule continue exactly, an interrupted epoch is
@@ -16,13 +17,20 @@ as an uninterrupted one. The data stream is not replayed: a resumed run draws a 
 and augmentation seeded by (seed, step), so it sees different (equally random) batches.
 
 The model trains at `crop_size` (or `image_size`); validation and export use fresh models at
-their own sizes that receive the trained weights by layer name. `model.keras` holds the final
-weights; the best epoch's are in `checkpoints/best/`. The per-epoch val mIoU is computed at
+their own sizes that receive the trained weights by layer name.
+
+One model, one number: a run hands over its FINAL weights, as the reference schedules
+(MMSegmentation, TF Model Garden) report theirs: choosing the best epoch on val and then quoting
+its val score would select on the evaluation split. `model.keras`, the SavedModel, the number
+`segflow train` prints last (`TrainResult.val_miou`), `metrics.json`, the report and the
+champion rule all refer to the final weights. The best epoch's weights stay in
+`checkpoints/best/`, labelled as selected on val, and are not exported. The per-epoch val mIoU is computed at
 `val_image_size` (labels resized nearest) for speed; `segflow evaluate` scores at full resolution.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -54,7 +62,9 @@ class TrainResult(NamedTuple):
     history: list[dict]
     steps: int  # optimizer steps of the whole run
     resumed_from_step: int  # 0 for a fresh run
-    best_val_miou: float | None
+    best_val_miou: float | None  # of checkpoints/best/ (selected on val; not exported)
+    val_miou: float | None = None  # of the exported (final) weights, measured at the last epoch's end
+    best_epoch: int | None = None
 
 
 def train(
@@ -82,6 +92,8 @@ def train(
         raise SegflowError(f"records folder {records_dir} does not exist")
     out_dir.mkdir(parents=True, exist_ok=True)
     latest = checkpoints.latest_checkpoint(out_dir / CHECKPOINT_DIR)
+    if latest is None:
+        check_backbone_weights(config.backbone_weights)
     _check_same_run(config, out_dir / CONFIG_FILE, resuming=latest is not None)
 
     num_train = data.count_examples(records_dir, "train")
@@ -102,12 +114,13 @@ def train(
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         with strategy.scope():
-            model = build_training_model(config, records_dir, total_steps)
+            model = build_training_model(config, records_dir, total_steps, backbone=latest is None)
             if latest:
                 checkpoints.restore_checkpoint(model, latest[0])
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
+    print(data.startup_line(config, records_dir, model), flush=True)
     if start_step < total_steps:
         _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose)
     # The exported model: float32, single output, at the full image size.
@@ -116,8 +129,16 @@ def train(
     model_path, saved_model_dir = export(export_model, out_dir)
 
     best_dir = out_dir / CHECKPOINT_DIR / checkpoints.BEST_DIR
-    best_miou = checkpoints.read_state(best_dir)["val_miou"] if best_dir.is_dir() else None
-    return TrainResult(out_dir, model_path, saved_model_dir, read_history(out_dir), total_steps, start_step, best_miou)
+    best = checkpoints.read_state(best_dir) if best_dir.is_dir() else {}
+    history = read_history(out_dir)
+    # The exported weights are the final ones: their val mIoU is the last epoch's, if that epoch
+    # ended after the run's last step (a run killed between its last step and the epoch-end
+    # validation has none).
+    final = history[-1]["val_miou"] if history and history[-1]["step"] == total_steps else None
+    return TrainResult(
+        out_dir, model_path, saved_model_dir, history, total_steps, start_step,
+        best.get("val_miou"), final, best.get("epoch"),
+    )  # fmt: skip
 
 
 def default_strategy():
@@ -128,19 +149,23 @@ def default_strategy():
     return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
 
-def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int) -> keras.Model:
-    """The model at the training size, compiled with loss(es), optimizer and schedule."""
+def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int, *, backbone: bool = True) -> keras.Model:
+    """The model at the training size, compiled with loss(es), optimizer and schedule; with
+    `backbone`, its encoder starts from `config.backbone_weights` (a resumed run restores a
+    checkpoint instead)."""
     from segflow import models
     from segflow.losses import SegmentationCrossEntropy
     from segflow.schedules import PolyWarmup
 
     loss_weights = models.LOSS_WEIGHTS.get(config.architecture)
-    model = models.build(
-        config.architecture,
-        input_shape=(*config.train_size, 3),
-        width=config.width,
-        aux_outputs=loss_weights is not None,
-    )
+    with backbone_weights_file(config.backbone_weights if backbone else "none") as weights:
+        model = models.build(
+            config.architecture,
+            input_shape=(*config.train_size, 3),
+            width=config.width,
+            aux_outputs=loss_weights is not None,
+            **({"weights": weights} if weights else {}),
+        )
     if config.batchnorm_momentum is not None:
         for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -170,6 +195,33 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         jit_compile=config.jit,
     )
     return model
+
+
+def check_backbone_weights(setting: str) -> None:
+    """A local weights file must exist and an s3:// one be there, before any work starts."""
+    if setting in ("none", "imagenet"):
+        return
+    if storage.is_s3(setting):
+        if not storage.exists(setting):
+            raise SegflowError(f"backbone_weights: {setting} does not exist")
+    elif not Path(setting).expanduser().is_file():
+        raise SegflowError(f"backbone_weights: file {setting} not found")
+
+
+@contextlib.contextmanager
+def backbone_weights_file(setting: str):
+    """What `segflow.models.build(weights=...)` takes for a `backbone_weights` setting: None for
+    'none', 'imagenet' as is, a local path, or an s3:// file downloaded to a temporary folder
+    (removed on exit; the file's name is kept, its suffix tells Keras the format)."""
+    if setting == "none":
+        yield None
+    elif setting == "imagenet":
+        yield "imagenet"
+    elif storage.is_s3(setting):
+        with tempfile.TemporaryDirectory(prefix="segflow-backbone-") as folder:
+            yield str(storage.download_file(setting, Path(folder) / setting.rstrip("/").rsplit("/", 1)[-1]))
+    else:
+        yield str(Path(setting).expanduser())
 
 
 def build_inference_model(config: TrainConfig, image_size: tuple[int, int]) -> keras.Model:
@@ -204,7 +256,10 @@ def _all_layers(model: keras.Model):
 
 
 def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
-    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/`, each atomically."""
+    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/` (uint8 images of any
+    size in, labelIds and trainIds out: `segflow.serving`), each atomically."""
+    from segflow.serving import export_saved_model
+
     model_path = out_dir / MODEL_FILE
     descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".keras")
     os.close(descriptor)
@@ -218,7 +273,7 @@ def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
     saved_model_dir = out_dir / SAVED_MODEL_DIR
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".saved_model."))
     try:
-        model.export(staging / SAVED_MODEL_DIR, format="tf_saved_model", verbose=False)
+        export_saved_model(model, staging / SAVED_MODEL_DIR)
         if saved_model_dir.exists():
             os.replace(saved_model_dir, staging / "previous")
         os.replace(staging / SAVED_MODEL_DIR, saved_model_dir)
@@ -253,6 +308,7 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
             resize=config.image_size,
             scale_range=config.scale_range,
             seed=config.seed + first_step,
+            cache_decoded=config.cache_decoded,
         )
         if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))

@@ -83,3 +83,24 @@ def _umask():
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def test_a_kill_inside_the_two_rename_fallback_is_repaired_by_the_next_run(tmp_path):
+    from crash import killed_after_renames
+
+    target = tmp_path / "records"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    def replace_without_exchange():
+        atomic.exchange = lambda first, second: False  # a filesystem without RENAME_EXCHANGE
+        with atomic.staging_dir(target) as staging:
+            (staging / "new.txt").write_text("new")
+
+    assert killed_after_renames(1, replace_without_exchange)  # after moving the old copy aside
+    assert not target.exists()
+    new_staging = [path for path in tmp_path.iterdir() if not path.name.endswith(".old.segflow-tmp")]
+
+    assert atomic.remove_stale(target) == new_staging  # the old copy is put back, not removed
+    assert sorted(os.listdir(tmp_path)) == ["records"]
+    assert os.listdir(target) == ["old.txt"]

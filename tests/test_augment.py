@@ -235,3 +235,12 @@ def test_bad_sizes_raise_one_clear_error(arguments, message):
 
     with pytest.raises(SegflowError, match=message):
         augment.parse_train(features, **arguments)
+
+
+def test_the_fast_cpu_normalisation_equals_the_textbook_formula():
+    pixels = tf.random.stateless_uniform((2, 5, 7, 3), seed=(3, 4))
+
+    fast = augment._normalize_on_cpu(pixels).numpy()
+
+    np.testing.assert_allclose(fast, augment.normalize_image(pixels).numpy(), atol=1e-6)
+    np.testing.assert_allclose(fast, normalized(pixels.numpy() * 255.0), atol=1e-5)

@@ -5,6 +5,7 @@ import os
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from PIL import Image
 from segflow import records
 from segflow.cityscapes import CLASS_NAMES, IMAGE_SUFFIX, LABEL_IDS_SUFFIX, to_train_ids
 from segflow.cli import cli
-from segflow.convert import MANIFEST_NAME, convert
+from segflow.convert import MANIFEST_NAME, convert, read_manifest
 from segflow.errors import SegflowError
 from segflow.records import FEATURE_KEYS
 from segflow.synthetic import write_dataset
@@ -350,3 +351,85 @@ def test_input_fingerprint_is_what_convert_records_and_changes_with_an_input(tmp
     label = next((data / "gtFine" / "train").rglob("*_labelIds.png"))
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     assert input_fingerprint(data) != manifest["fingerprint"]
+
+
+# === Crashes: a kill at any moment, a full disk ===
+
+
+def _state(out_dir):
+    """The manifest of a complete output (every shard it lists there with its size), else None."""
+    from segflow.convert import _is_complete, read_manifest
+
+    manifest = read_manifest(out_dir)
+    if manifest is None or not _is_complete(manifest, manifest["fingerprint"], out_dir):
+        return None
+    return manifest
+
+
+def test_a_kill_at_every_rename_leaves_the_old_or_the_new_output(dataset, tmp_path):
+    from crash import killed_after_renames
+
+    out_dir = tmp_path / "records"
+    old = convert(dataset, out_dir, num_shards=1, workers=1, progress=False)["fingerprint"]
+    new = convert(dataset, tmp_path / "reference", num_shards=2, workers=1, progress=False)["fingerprint"]
+    for renames in range(20):
+        if not killed_after_renames(renames, lambda: convert(dataset, out_dir, num_shards=2, workers=1, progress=False)):
+            break
+        state = _state(out_dir)
+        assert state is not None and state["fingerprint"] == old, f"killed before rename {renames + 1}"
+    assert renames == 6  # four shards (train 2, val 1, test 1), the manifest, the exchange of the folders
+    assert _state(out_dir)["fingerprint"] == new != old
+    # A later run after a kill finds the output complete and cleans up what the kill left.
+    assert convert(dataset, out_dir, num_shards=2, workers=1, progress=False)["up_to_date"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cityscapes", "records", "reference"]
+
+
+def test_sigkill_mid_conversion_keeps_the_output_leaves_no_worker_and_the_next_run_cleans_up(tmp_path):
+    from crash import children, run_segflow, running, segflow_command, wait_for
+
+    data_dir = write_dataset(tmp_path / "cityscapes", train=6, val=2, test=1)
+    out_dir = tmp_path / "records"
+    convert(data_dir, out_dir, num_shards=1, workers=1, progress=False)
+    old = _snapshot(out_dir)
+    staged = lambda: [path for path in tmp_path.iterdir() if path.name.endswith(".segflow-tmp")]  # noqa: E731
+
+    command = segflow_command("convert", "--data", str(data_dir), "--out", str(out_dir), "--shards", "3", "--workers", "2")
+    wait_for(lambda: staged() and len(children(command.pid)) >= 2, what="the staging folder and two conversion workers")
+    workers = children(command.pid)
+    os.kill(command.pid, signal.SIGKILL)  # the command only, not its process group: its workers must follow
+    command.wait()
+
+    assert staged(), "the conversion had finished before the kill: the test proves nothing"
+    wait_for(lambda: not any(running(pid) for pid in workers), timeout_s=5, what="the workers to die with their parent")
+    assert _snapshot(out_dir) == old
+    (tmp_path / ".records.partial-1a2b3c4d").mkdir()  # what versions before atomic.py left behind
+    again = run_segflow("convert", "--data", str(data_dir), "--out", str(out_dir), "--shards", "3", "--workers", "2")
+    assert again.returncode == 0, again.stderr
+    assert "removed 2 leftover staging folders of a killed run: " in again.stderr
+    assert "wrote: " in again.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cityscapes", "records"]
+    assert len(read_manifest(out_dir)["splits"]["train"]["shards"]) == 3
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_converting_into_a_full_disk_is_one_line_exit_1_and_no_staging_left(tmp_path):
+    from crash import run_segflow
+
+    data_dir = write_dataset(tmp_path / "cityscapes", train=12, val=2, test=1, height=128, width=256)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run_segflow("convert", "--data", str(data_dir), "--out", str(mount / "records"), "--workers", "2")
+        assert os.listdir(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.fullmatch(
+        rf"Error: disk full while writing TFRecords to {re.escape(str(mount / 'records'))} "
+        r"\(\d+\.\d MiB needed, 0\.\d MiB free\); free some space and run again",
+        lines[0],
+    ), lines[0]

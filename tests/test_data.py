@@ -142,3 +142,83 @@ def test_without_a_seed_each_dataset_draws_fresh_augmentation(records_dir):
         return np.concatenate([batch_labels for _, batch_labels in first_batches(dataset, 3)])
 
     assert not np.array_equal(labels(), labels())
+
+
+# === Decode once ===
+
+
+def cached_and_standard(folder, count, **settings):
+    def batches(cache_decoded):
+        dataset = data.make_dataset(
+            folder, "train", training=True, crop_size=(16, 32), cache_decoded=cache_decoded, **settings
+        )
+        return first_batches(dataset, count)
+
+    return batches("on"), batches("off")
+
+
+def test_decode_once_gives_the_standard_first_epoch_then_fresh_augmentation(records_dir):
+    folder, _ = records_dir
+    # Batches of one example and no shuffle buffer: batch i and i + NUM_TRAIN are the same example.
+    cached, standard = cached_and_standard(folder, 2 * NUM_TRAIN, batch_size=1, shuffle_buffer=1, seed=1)
+
+    for (images, labels), (standard_images, standard_labels) in zip(cached[:NUM_TRAIN], standard):
+        np.testing.assert_array_equal(images, standard_images)
+        np.testing.assert_array_equal(labels, standard_labels)
+    for (first_images, _), (second_images, _) in zip(cached[:NUM_TRAIN], cached[NUM_TRAIN:]):
+        assert not np.array_equal(first_images, second_images)
+
+
+def test_decode_once_with_the_same_seed_gives_the_same_stream(records_dir):
+    folder, _ = records_dir
+
+    def batches(seed):  # 3 epochs of 5 examples
+        dataset = data.make_dataset(
+            folder, "train", training=True, batch_size=3, crop_size=(16, 32), seed=seed, cache_decoded="on"
+        )
+        return first_batches(dataset, 5)
+
+    first, again, other = batches(3), batches(3), batches(4)
+
+    for (images, labels), (images_again, labels_again) in zip(first, again):
+        np.testing.assert_array_equal(images, images_again)
+        np.testing.assert_array_equal(labels, labels_again)
+    assert all(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
+
+
+def test_auto_caches_when_the_decoded_images_take_at_most_half_the_memory(records_dir):
+    folder, _ = records_dir
+    needed = NUM_TRAIN * HEIGHT * WIDTH * (3 + 1)
+
+    assert data.decoded_bytes(folder, "train") == needed
+    assert data.cache_decision("auto", folder, "train", available=2 * needed) == (True, needed, 2 * needed)
+    assert data.cache_decision("auto", folder, "train", available=2 * needed - 1)[0] is False
+    assert data.cache_decision("on", folder, "train", available=0)[0] is True
+    assert data.cache_decision("off", folder, "train")[0] is False
+    with pytest.raises(SegflowError, match="cache_decoded must be one of auto, on, off; got 'yes'"):
+        data.make_dataset(folder, "train", training=True, batch_size=1, crop_size=(16, 32), cache_decoded="yes")
+
+
+def test_gpu_demand_is_40_percent_of_h100_bf16_over_three_forward_passes():
+    # 1 TFLOP forward per image: 0.4 * 989e12 / 3e12 = 131.9 images/s per GPU.
+    assert data.gpu_demand(1000.0, gpus=1) == pytest.approx(131.87, abs=0.01)
+    assert data.gpu_demand(1000.0, gpus=8) == pytest.approx(8 * 131.87, abs=0.1)
+
+
+def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
+    import keras
+
+    from segflow.config import TrainConfig
+
+    folder, _ = records_dir
+    inputs = keras.Input((16, 32, 3))
+    tiny = keras.Model(inputs, keras.layers.Conv2D(19, 1)(inputs))  # ~18 kFLOPs: any CPU is too slow for it
+    config = TrainConfig(architecture="unet", image_size=(HEIGHT, WIDTH), crop_size=(16, 32))
+
+    assert data.startup_line(config, folder, tiny, gpus=0).startswith(
+        "input pipeline: decoded train images kept in memory after the first epoch (0.0 MiB of "
+    )
+    line = data.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
+    assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
+    assert line.endswith("images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND")
+

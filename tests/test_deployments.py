@@ -34,7 +34,9 @@ def test_served_pipeline_runs_when_triggered_through_the_api(prefect_api, tmp_pa
         schema = deployments["pipeline"]["parameter_openapi_schema"]
         assert list(schema["properties"]) == ["params"]
         fields = schema["definitions"]["PipelineParams"]["properties"]
-        assert fields["epochs"]["default"] == 50 and fields["epochs"]["description"] == "Epochs per architecture."
+        assert fields["recipe"]["default"] == "cityscapes" and fields["training"]["$ref"] == "#/definitions/TrainSettings"
+        epochs = schema["definitions"]["TrainSettings"]["properties"]["epochs"]
+        assert epochs["default"] == 50 and epochs["description"] == "Number of epochs."
 
         params = demo_params(architectures=["unet"], seed=3, results_uri=str(results), work_dir=str(work))
         with temporary_settings({PREFECT_API_URL: api}):

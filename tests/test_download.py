@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 import zipfile
@@ -325,3 +326,61 @@ def test_cli_download_and_extract(site, monkeypatch, tmp_path):
     result = CliRunner().invoke(cli, arguments)
     assert result.exit_code == 1
     assert result.output.startswith("Error: Cityscapes login as 'alice'") and PASSWORD not in result.output
+
+
+# === Crashes during extraction ===
+
+
+def _tree(root):
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+def test_a_kill_before_or_after_the_one_switch_leaves_the_old_or_the_new_dataset(packages_dir, tmp_path):
+    from crash import killed_after_renames
+
+    root = tmp_path / "cityscapes"
+    (root / "gtFine" / "stale").mkdir(parents=True)
+    (root / "gtFine" / "stale" / "old.txt").write_text("old")
+    (root / "gtCoarse").mkdir()
+    (root / "gtCoarse" / "keep.txt").write_text("kept")
+    old = _tree(root)
+    zips = [packages_dir / LABELS_ZIP, packages_dir / IMAGES_ZIP]
+
+    assert killed_after_renames(0, lambda: extract(zips, root))
+    assert _tree(root) == old
+    assert not killed_after_renames(1, lambda: extract(zips, root))  # the exchange is the only rename
+    new = _tree(root)
+    assert "gtFine/stale/old.txt" not in new and new["gtCoarse/keep.txt"] == b"kept"
+    layout.validate(root)
+    assert sorted(os.listdir(tmp_path)) == ["cityscapes"]  # the killed run's staging went with the second run
+
+
+def test_sigkill_during_extraction_keeps_the_old_dataset_and_the_next_run_cleans_up(packages_dir, tmp_path):
+    from crash import run_segflow, segflow_command, wait_for
+
+    site = tmp_path / "packages"
+    site.mkdir()
+    for name in (LABELS_ZIP, IMAGES_ZIP):
+        shutil.copy(packages_dir / name, site / name)
+    with zipfile.ZipFile(site / "extras.zip", "w", zipfile.ZIP_STORED) as archive:  # slow to extract: many files
+        for index in range(20000):
+            archive.writestr(f"extras/{index}.txt", b"x")
+    root = tmp_path / "cityscapes"
+    extract([site / LABELS_ZIP, site / IMAGES_ZIP], root)
+    (root / "my_notes.txt").write_text("mine")
+    old = _tree(root)
+    arguments = ["download", "--source", str(site), "--data-root", str(root)]
+    arguments += [f"--package={name}" for name in (LABELS_ZIP, IMAGES_ZIP, "extras.zip")]
+    staged = lambda: [path for path in tmp_path.iterdir() if path.name.endswith(".segflow-tmp")]  # noqa: E731
+
+    command = segflow_command(*arguments)
+    wait_for(lambda: any((path / "extras").is_dir() for path in staged()), what="extraction to begin")
+    os.killpg(command.pid, signal.SIGKILL)
+    assert command.wait() == -signal.SIGKILL
+
+    assert _tree(root) == old
+    again = run_segflow(*arguments)
+    assert again.returncode == 0, again.stderr
+    assert "removed 1 leftover staging folders of a killed run: " in again.stderr
+    assert (root / "extras" / "19999.txt").is_file() and (root / "my_notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["cityscapes", "packages"]

@@ -2,7 +2,11 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import boto3
 import pytest
@@ -230,3 +234,117 @@ def test_published_checkpoints_are_tagged_for_the_lifecycle_rule(s3_bucket, tmp_
 
     assert tags("unet/checkpoints/step-000000001/model.weights.h5") == [{"Key": "segflow-artifact", "Value": "checkpoint"}]
     assert tags("unet/model.keras") == []
+
+
+# === Crashes while publishing; pointers ===
+
+
+def _latest_is_complete(results_uri):
+    """The run `latest.json` names, as {file: text}, after checking it is whole: its manifest lists
+    exactly its files. None when there is no pointer."""
+    latest = storage.latest_run(results_uri)
+    if latest is None:
+        return None
+    manifest = storage.read_json(storage.join(latest["uri"], "manifest.json"))
+    assert sorted(storage.list_files(latest["uri"])) == sorted([*manifest["files"], "manifest.json"])
+    return {name: storage.read_text(storage.join(latest["uri"], name)) for name in manifest["files"]}
+
+
+def test_a_kill_at_every_rename_of_a_republish_leaves_latest_on_a_whole_run(tmp_path):
+    from crash import killed_after_renames
+
+    results_uri = str(tmp_path / "results")
+    old = {"report.html": "old", "unet/model.keras": "old model"}
+    new = {"report.html": "new", "unet/metrics.json": "{}"}
+    storage.publish(make_run(tmp_path / "try1", old), results_uri, "run-1")
+    make_run(tmp_path / "try2", new)
+    for renames in range(20):
+        if not killed_after_renames(renames, lambda: storage.publish(tmp_path / "try2", results_uri, "run-1")):
+            break
+        assert _latest_is_complete(results_uri) in (old, new), f"killed before rename {renames + 1}"
+    assert renames == 3  # the run's manifest, the exchange of the run folders, latest.json
+    assert _latest_is_complete(results_uri) == new
+    storage.publish(tmp_path / "try2", results_uri, "run-1")  # the next publish removes what the kills left
+    assert os.listdir(tmp_path / "results" / "runs") == ["run-1"]
+
+
+def test_s3_republish_failing_at_every_write_never_points_latest_at_a_partial_run(s3_bucket, tmp_path, monkeypatch):
+    results_uri = s3_bucket + "/results"
+    old = {"report.html": "old", "unet/model.keras": "old model"}
+    new = {"report.html": "new", "unet/metrics.json": "{}"}
+    first = storage.publish(make_run(tmp_path / "try1", old), results_uri, "run-1")
+    make_run(tmp_path / "try2", new)
+    real_upload, real_write = storage.upload_file, storage.write_text
+
+    for failing_write in range(10):
+        count = [0]
+
+        def counted(real):
+            def write(*args, **kwargs):
+                if count[0] == failing_write:
+                    raise SegflowError("connection lost")
+                count[0] += 1
+                return real(*args, **kwargs)
+
+            return write
+
+        monkeypatch.setattr(storage, "upload_file", counted(real_upload))
+        monkeypatch.setattr(storage, "write_text", counted(real_write))
+        try:
+            second = storage.publish(tmp_path / "try2", results_uri, "run-1")
+            break
+        except SegflowError:
+            assert _latest_is_complete(results_uri) == old
+    assert failing_write == 4  # two files, the manifest, latest.json
+    assert second != first and second.startswith(f"{results_uri}/runs/run-1.")
+    assert _latest_is_complete(results_uri) == new
+    assert storage.read_text(storage.join(first, "report.html")) == "old"  # what others may point at is unchanged
+
+
+def test_s3_retry_after_a_failed_first_publish_reuses_the_folder_and_drops_stale_objects(s3_bucket, tmp_path):
+    results_uri = s3_bucket + "/results"
+    broken = make_run(tmp_path / "broken", {"a_stale.json": "{}"})
+    (broken / "z_checkpoint.weights.h5").symlink_to(tmp_path / "deleted-meanwhile")
+    with pytest.raises(SegflowError):
+        storage.publish(broken, results_uri, "run-1")
+
+    run_uri = storage.publish(make_run(tmp_path / "good", {"report.html": "good"}), results_uri, "run-1")
+
+    assert run_uri == f"{results_uri}/runs/run-1"
+    assert storage.list_files(run_uri) == ["manifest.json", "report.html"]
+
+
+def test_sigkill_while_publishing_keeps_latest_and_the_next_publish_cleans_up(tmp_path, caplog):
+    from crash import wait_for
+
+    results = tmp_path / "results"
+    storage.publish(make_run(tmp_path / "try1", {"report.html": "old"}), str(results), "run-1")
+    run = make_run(tmp_path / "try2", {f"many/{index}.txt": "x" for index in range(2000)})
+    code = f"from segflow import storage; storage.publish({str(run)!r}, {str(results)!r}, 'run-1')"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    staged = lambda: [path for path in (results / "runs").iterdir() if path.name.endswith(".segflow-tmp")]  # noqa: E731
+    wait_for(lambda: any((path / "many").is_dir() for path in staged()), what="the copy to begin")
+    os.killpg(command.pid, signal.SIGKILL)
+    assert command.wait() == -signal.SIGKILL
+
+    assert _latest_is_complete(str(results)) == {"report.html": "old"}
+    storage.publish(run, str(results), "run-1")
+    assert os.listdir(results / "runs") == ["run-1"]
+    assert len(_latest_is_complete(str(results))) == 2000
+    assert "removed 1 leftover staging folders of a killed run: " in caplog.text
+
+
+def test_pointers_hold_absolute_paths_and_files_get_the_normal_mode(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        run_uri = storage.publish(make_run(tmp_path / "run", {"report.html": "x"}), "results", "run-1")
+    finally:
+        os.umask(old_umask)
+    latest = json.loads((tmp_path / "results" / "latest.json").read_text())
+    assert latest["uri"] == run_uri == str((tmp_path / "results" / "runs" / "run-1").resolve())
+    monkeypatch.chdir("/")
+    assert storage.read_text(storage.join(latest["uri"], "report.html")) == "x"
+    for path in ("latest.json", "runs/run-1/manifest.json"):
+        assert (tmp_path / "results" / path).stat().st_mode & 0o777 == 0o644, path

@@ -3,6 +3,7 @@ polygons (checked with cityscapesScripts' own rasterisers), determinism, package
 
 import hashlib
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -303,3 +304,16 @@ def test_cli_shows_one_error_line_for_a_non_empty_output(tmp_path):
     assert result.output.strip().splitlines() == [
         f"Error: output directory {tmp_path} already exists and is not empty; remove it or pick another"
     ]
+
+
+def test_a_killed_generation_leaves_no_dataset_and_the_next_run_removes_its_staging(tmp_path, caplog):
+    from crash import killed_after_renames
+
+    out_dir = tmp_path / "synthetic"
+    assert killed_after_renames(0, lambda: synthetic.write_dataset(out_dir, train=1, val=1, test=1))  # before its one rename
+    assert not out_dir.exists() and len(os.listdir(tmp_path)) == 1  # only the staging folder
+
+    synthetic.write_dataset(out_dir, train=1, val=1, test=1)
+
+    assert os.listdir(tmp_path) == ["synthetic"]
+    assert "removed 1 leftover staging folders of a killed run" in caplog.text

@@ -72,7 +72,7 @@ def test_the_final_model_is_exported_as_keras_and_as_a_saved_model(trained):
     assert model.output_shape == (None, 64, 128, 19)
     images = np.random.default_rng(0).normal(size=(2, 64, 128, 3)).astype("float32")
     saved_model = tf.saved_model.load(str(trained.saved_model_dir))  # keep it: serve() needs its variables
-    served = saved_model.serve(images)
+    served = saved_model.logits(images)  # the bare model; `serve` is tested in test_serving.py
     np.testing.assert_allclose(served.numpy(), model(images).numpy(), atol=1e-4)
 
     best = checkpoints.read_state(trained.out_dir / "checkpoints" / "best")

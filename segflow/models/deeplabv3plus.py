@@ -66,8 +66,8 @@ def build_deeplabv3plus(
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0 is the published model).
         weights: None (random), `"imagenet"` or the path of a keras.applications ResNet50
-            weights file, for the encoder; width 1.0 only. The ImageNet weights expect
-            `keras.applications.resnet.preprocess_input` images.
+            weights file, for the encoder; width 1.0 only. The first convolution is adapted to
+            segflow's input normalisation (`segflow.models.backbones`).
         aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:

@@ -6,11 +6,10 @@ of `keras.applications.ResNet50`, so ImageNet weights load by name.
 
 from __future__ import annotations
 
-import os
-
 import keras
 
 from segflow.errors import SegflowError
+from segflow.models.backbones import check_weights, load_encoder_weights
 from segflow.models.layers import apply_logits, check_arguments, scaled
 
 BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
@@ -110,24 +109,13 @@ def apply_fcn_head(x, num_classes: int, input_shape: tuple[int, int, int]):
 
 def check_resnet50_weights(weights: str | None, width: float, input_shape) -> None:
     """Rejects a weights choice that cannot load, before any layer is built."""
-    if weights is None:
-        return
-    if width != 1.0 or input_shape[-1] != 3:
-        raise SegflowError(
-            f"ImageNet ResNet-50 weights need width=1.0 and 3 input channels, "
-            f"got width={width!r}, input_shape={tuple(input_shape)!r}"
-        )
-    if weights != "imagenet" and not os.path.isfile(weights):
-        raise SegflowError(f"ResNet-50 weights file not found: {weights}")
+    check_weights("ResNet50", weights, width, input_shape)
 
 
 def load_resnet50_weights(model: keras.Model, weights: str) -> None:
     """Copies ImageNet ResNet-50 weights (`"imagenet"` or a keras.applications weights file)
-    into the layers of `model` that carry the same names."""
-    reference = keras.applications.ResNet50(include_top=False, weights=weights, input_shape=(None, None, 3))
-    for layer in reference.layers:
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+    into the layers of `model` that carry the same names (`segflow.models.backbones`)."""
+    load_encoder_weights(model, "ResNet50", weights)
 
 
 # === Functional Model ===
@@ -155,8 +143,8 @@ def build_resnet(
         depth: int, 18, 34 (basic blocks) or 50 (bottleneck blocks). Defaults to 50.
         output_stride: int, 8 or 16: resolution of the last features. Defaults to 8.
         weights: None (random), `"imagenet"` (downloaded by keras.applications) or the path
-            of a keras.applications ResNet50 weights file. Only for depth 50, width 1.0. The
-            ImageNet weights expect `keras.applications.resnet.preprocess_input` images.
+            of a keras.applications ResNet50 weights file. Only for depth 50, width 1.0. The first
+            convolution is adapted to segflow's input normalisation (`segflow.models.backbones`).
         aux_outputs: bool, accepted for a uniform interface; this model has one output.
 
     Returns:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 
+from segflow.models.backbones import check_weights, load_encoder_weights
 from segflow.models.layers import (
     MaxPoolingWithArgmax2D,
     MaxUnpooling2D,
@@ -16,6 +17,12 @@ from segflow.models.layers import (
 
 # The 13 convolutions of VGG16, by stage; each stage ends in a 2×2 max pooling.
 ENCODER_FILTERS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+# keras.applications.VGG16's convolutions → this encoder's.
+VGG16_LAYERS = {
+    f"block{stage}_conv{index}": f"encoder{stage}_{index}_conv"
+    for stage, filters in enumerate(ENCODER_FILTERS, start=1)
+    for index in range(1, len(filters) + 1)
+}
 # The decoder mirrors it: stage by stage from the deepest, each after an unpooling. The last
 # convolution of a stage narrows to the channels of the next (shallower) stage's indices.
 DECODER_FILTERS = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
@@ -46,6 +53,7 @@ def build_segnet(
     input_shape: tuple[int, int, int] = (512, 1024, 3),
     width: float = 1.0,
     aux_outputs: bool = False,
+    weights: str | None = None,
 ) -> keras.Model:
     """SegNet (Badrinarayanan et al. 2017).
 
@@ -61,6 +69,9 @@ def build_segnet(
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0: ≈29.4 M params).
         aux_outputs: bool, accepted for a uniform interface; this model has one output.
+        weights: None (random), `"imagenet"` or the path of a keras.applications VGG16
+            weights file, for the encoder's 13 convolutions (`block{s}_conv{i}` →
+            `encoder{s}_{i}_conv`; kernels only: a batch norm follows each); width 1.0 only.
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution.
@@ -73,6 +84,7 @@ def build_segnet(
     Paper: https://arxiv.org/abs/1511.00561
     """
     check_arguments("segnet", num_classes, input_shape, width)
+    check_weights("VGG16", weights, width, input_shape)
 
     inputs = keras.Input(input_shape, name="image")
     x = inputs
@@ -85,4 +97,7 @@ def build_segnet(
             x, stage_indices[stage - 1], [scaled(f, width) for f in stage_filters], name=f"decoder{stage}"
         )
     logits = apply_logits(x, num_classes, input_shape, name="logits", kernel_size=3)
-    return keras.Model(inputs, logits, name="segnet")
+    model = keras.Model(inputs, logits, name="segnet")
+    if weights is not None:
+        load_encoder_weights(model, "VGG16", weights, VGG16_LAYERS)
+    return model
