@@ -41,10 +41,10 @@ def test_served_pipeline_runs_when_triggered_through_the_api(prefect_api, tmp_pa
         params = demo_params(architectures=["unet"], seed=3, results_uri=str(results), work_dir=str(work))
         with temporary_settings({PREFECT_API_URL: api}):
             flow_run = run_deployment(
-                f"{PIPELINE_FLOW}/pipeline", parameters={"params": params.model_dump(mode="json")}, timeout=240, poll_interval=2
+                f"{PIPELINE_FLOW}/pipeline", parameters={"params": params.model_dump(mode="json")}, timeout=600, poll_interval=2
             )
 
-    assert flow_run.state.is_final(), f"still {flow_run.state.name} after 240 s:\n{tail(log)}"
+    assert flow_run.state.is_final(), f"still {flow_run.state.name} after 600 s:\n{tail(log)}"
     assert (flow_run.state.type.value, flow_run.state.name) == ("COMPLETED", "Completed"), f"{flow_run.state}\n{tail(log)}"
     assert flow_run.state.message == "1 architectures trained and evaluated"
     # The server recorded every task run: start, data, records, train and evaluate, champion, run
