@@ -215,7 +215,8 @@ def _default_text(value) -> str:
               help="Local working folder of an s3:// --out.  [default: $SEGFLOW_CACHE/runs/<hash of the URI>]")
 @settings_options
 @click.option("--quiet", is_flag=True, help="No per-epoch progress lines.")
-def train(config_file, recipe, records, out, work_dir, quiet, **settings):
+@click.option("--evaluate", is_flag=True, help="Then score the exported model on val into OUT/metrics.json (same process).")
+def train(config_file, recipe, records, out, work_dir, quiet, evaluate, **settings):
     """Train a model on the records; rerun with the same --out to resume after an interruption.
 
     With an s3:// --out, each checkpoint is uploaded as soon as it is written, and the same command
@@ -248,6 +249,14 @@ def train(config_file, recipe, records, out, work_dir, quiet, **settings):
             f"(the others were skipped by dynamic loss scaling), final loss scale {result.loss_scale:g}"
         )
     click.echo(f"exported model (final weights): val mIoU {result.val_miou} (at {val_size}{subset})")
+    if evaluate:
+        from segflow.evaluate import evaluate_model
+
+        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent)
+        metrics_path = Path(result.model_path).parent / "metrics.json"
+        if result.out_uri:  # the run lives in the store: its metrics go there too
+            metrics_path = storage.upload_file(metrics_path, storage.join(result.out_uri, "metrics.json"))
+        click.echo(f"{metrics_path}: val mIoU {metrics['miou']}")
 
 
 @cli.command()
@@ -389,10 +398,15 @@ def clean(results_uri, keep, dry_run):
 def demo(out_dir, architectures, results_uri):
     """Run the whole pipeline flow on synthetic data with tiny models, on Prefect's embedded API.
 
+    Run the same command again after an interruption to resume the unfinished run (same run id,
+    trainings continue from their checkpoints). Killing this command stops everything it started.
+
     Example: segflow demo --out demo-output
     """
     from segflow.config import demo_params
+    from segflow.lifeline import watch_this_process
 
+    watch_this_process()
     _prefect_defaults()
     overrides = {"work_dir": str(out_dir / "work"), "results_uri": results_uri or str(out_dir / "results")}
     if architectures:

@@ -34,6 +34,8 @@ def prepare(
     `segflow.download.fetch_packages` accepts ('cityscapes', s3://, https://, file://, a folder).
     """
     work_dir = Path(work_dir)
+    if source != SYNTHETIC and download.parse_source(source)[0] == "site":
+        return _prepare_from_site(source, work_dir, credentials)
     key = fingerprint(source, synthetic_images=synthetic_images, synthetic_size=synthetic_size, seed=seed,
                       credentials=credentials)  # fmt: skip
     data_root = data_root_for(source, work_dir, key)
@@ -51,6 +53,28 @@ def prepare(
 
         zips = download.fetch_packages(source, work_dir / "downloads", PACKAGES, credentials)
         extract(zips, data_root)
+    atomic.write_json(data_root / SOURCE_FILE, {"source": _redacted(source), "fingerprint": key})
+    return data_root
+
+
+def _prepare_from_site(source: str, work_dir: Path, credentials: download.Credentials | None) -> Path:
+    """The website's packages are fixed releases: data extracted from this source once is reused
+    without logging in again; otherwise one login serves the MD5s, the download and the fingerprint."""
+    data_root = data_root_for(source, work_dir, "")
+    marker = data_root / SOURCE_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("source") == _redacted(source):
+        return data_root
+    kind, location = download.parse_source(source)
+    site = download.CityscapesSite(credentials or download.Credentials.from_env(), url=location)
+    site.login()
+    (work_dir / "downloads").mkdir(parents=True, exist_ok=True)
+    zips = site.download_all(PACKAGES, work_dir / "downloads")
+    packages = {name: f"md5:{site.md5(name)}" for name in PACKAGES}
+    key = hashlib.sha256(json.dumps({"kind": kind, "location": _redacted(location), "packages": packages},
+                                    sort_keys=True).encode()).hexdigest()  # fmt: skip
+    from segflow.extract import extract
+
+    extract(zips, data_root)
     atomic.write_json(data_root / SOURCE_FILE, {"source": _redacted(source), "fingerprint": key})
     return data_root
 

@@ -1,16 +1,25 @@
-"""What a report needs to say about where and how a run happened: code version and hardware."""
+"""What a run is and where it happened: its id (resumed when the same parameters ran before and
+did not finish), `run.json` (parameters with secrets redacted, data, code version, hardware, times,
+outcomes), without importing TensorFlow or Prefect."""
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
 import platform
+import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 
-from segflow import __version__
+from segflow import __version__, atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+UNFINISHED_PREFIX = ".unfinished-"
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def code_version() -> str:
@@ -56,3 +65,124 @@ def _gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in output.splitlines() if line.strip()]
+
+
+# === run.json and the run id ===
+
+
+def redact(text: str) -> str:
+    """A URL without any `user:password@` part, safe to store and log."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.password or parts.username:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    return text
+
+
+def records_fingerprint(records_dir: str | os.PathLike) -> str | None:
+    """The fingerprint in a records folder's `manifest.json` (None without one)."""
+    try:
+        return json.loads((Path(records_dir) / "manifest.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def run_record(
+    *,
+    run_id: str,
+    flow_run_id: str | None,
+    parameters: dict,
+    data_root: str,
+    records_dir: str,
+    started_at: str,
+    outcomes: dict[str, dict],
+    decisions: list[dict],
+) -> dict:
+    """What `run.json` holds (the report's run section): parameters (source redacted), data,
+    code, hardware, times, and each architecture's status, metrics and timings.
+
+    `outcomes`: `{architecture: {"metrics": {...}, "seconds": ...} or {"error": "..."}}`.
+    """
+    return {
+        "run_id": run_id,
+        "flow_run_id": flow_run_id,
+        "parameters": {**parameters, "source": redact(parameters["source"])},
+        "data": {
+            "source": redact(parameters["source"]),
+            "synthetic": parameters["source"] == "synthetic",
+            "data_root": str(data_root),
+            "records_dir": str(records_dir),
+            "fingerprint": records_fingerprint(records_dir),
+        },
+        "code_version": code_version(),
+        "hardware": hardware(),
+        "started_at": started_at,
+        "ended_at": now(),
+        "architectures": {
+            arch: {"status": "failed" if "error" in outcome else "completed", "error": outcome.get("error")}
+            for arch, outcome in outcomes.items()
+        },
+        "champions": decisions,
+    }
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def parameters_key(parameters: dict) -> str:
+    """A short hash of a run's parameters: equal parameters, equal key."""
+    return hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def unfinished_marker(work_dir: str | os.PathLike, parameters: dict) -> Path:
+    """`work_dir/runs/.unfinished-<parameters key>.json`: names the run these parameters started
+    and have not finished (written when it starts, removed once it is published)."""
+    return Path(work_dir) / "runs" / f"{UNFINISHED_PREFIX}{parameters_key(parameters)}.json"
+
+
+def start_or_resume(work_dir: str | os.PathLike, parameters: dict, flow_run_id: str | None) -> dict:
+    """The run to work on: the unfinished run of the same parameters in `work_dir` if there is one
+    (same run id, so its trainings resume from their checkpoints), else a new one.
+
+    Returns `{"run_id", "resumed", "previous_flow_run_id", "previous_pid_alive"}`, and records
+    this flow run and process in the marker (the next start can then tell whether they died).
+    """
+    marker = unfinished_marker(work_dir, parameters)
+    previous = None
+    try:
+        previous = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        pass
+    if previous and _RUN_ID.fullmatch(str(previous.get("run_id", ""))):
+        run_id = previous["run_id"]
+    else:
+        previous = None
+        run_id = f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{parameters_key(parameters)[:8]}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    current = {"run_id": run_id, "flow_run_id": flow_run_id, "pid": os.getpid(), "host": platform.node()}
+    atomic.write_json(marker, current)
+    return {
+        "run_id": run_id,
+        "resumed": previous is not None,
+        "previous_flow_run_id": previous.get("flow_run_id") if previous else None,
+        "previous_pid_alive": _alive(previous) if previous else False,
+    }
+
+
+def finish(work_dir: str | os.PathLike, parameters: dict) -> None:
+    """Forget the unfinished run of these parameters (it is published)."""
+    unfinished_marker(work_dir, parameters).unlink(missing_ok=True)
+
+
+def _alive(marker: dict) -> bool:
+    """Whether the process a marker names still runs (only knowable on the same host)."""
+    if marker.get("host") != platform.node() or not marker.get("pid") or marker["pid"] == os.getpid():
+        return False
+    try:
+        os.kill(int(marker["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,28 +1,45 @@
-"""Run one training in a child process (`segflow train --config`), as a GPU worker would.
+"""Run one training job in a child process (`segflow train --config ... --evaluate`): train, export,
+then score the exported model on the val split, all in that one process.
 
-Why a process: a crashed, killed or out-of-memory training takes only its own process down; the
-orchestrator sees a non-zero exit, retries, and the new process resumes from the run folder's
-last checkpoint. It also gives each architecture its own TensorFlow state and GPU memory.
+Why a process: the orchestrator never imports TensorFlow; a crashed, killed or out-of-memory
+training takes only its own process down, and the next attempt resumes from the run folder's
+last checkpoint; each job gets its own TensorFlow state and its own GPUs (`gpu_ids`, see
+`segflow.gpus`). Evaluating in the same process keeps the GPU busy with this job until it is
+done and hands back only small results: metrics, paths, timings.
+
+The child dies with its parent: it asks the kernel for SIGKILL when the thread that started it
+exits (PR_SET_PDEATHSIG), so a killed orchestrator leaves no training behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from segflow import checkpoints
+from segflow import gpus
 from segflow.config import TrainConfig
 from segflow.errors import SegflowError
+from segflow.run_files import CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE
 
 REQUEST_FILE = "requested-config.json"
 LOG_FILE = "train.log"
 PID_FILE = "train.pid"
 LOG_TAIL_LINES = 15
+SMALL_METRICS = ("miou", "category_miou", "pixel_accuracy", "num_images")
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class TrainingInterrupted(RuntimeError):
+    """The training process died (killed, crashed, out of memory) rather than refusing its input;
+    another attempt resumes from the last checkpoint, so this one is worth retrying."""
 
 
 def train_in_subprocess(
@@ -30,20 +47,25 @@ def train_in_subprocess(
     records_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    total_steps: int | None = None,
     out_uri: str | None = None,
+    gpu_ids: list[str] | None = None,
+    evaluate: bool = True,
     on_progress: Callable[[float], None] | None = None,
     poll_seconds: float = 2.0,
 ) -> dict:
-    """Train `config` into `out_dir`, resuming whatever an earlier attempt left there.
+    """Train `config` into `out_dir` (resuming whatever an earlier attempt left there) and, with
+    `evaluate`, score the exported model on val in the same process.
+
+    `gpu_ids`: the only GPUs the child may see (CUDA_VISIBLE_DEVICES); None leaves the
+    environment's. `on_progress(fraction)` is called while it runs (newest checkpoint's step over
+    the run's optimizer steps). Returns `{architecture, out_dir, model_path, metrics, epochs,
+    seconds, gpu_ids}`; `metrics` holds only the headline numbers (the full set is in
+    `out_dir/metrics.json`). Raises SegflowError when the child refused its input (its one
+    `Error:` line included), TrainingInterrupted when it died otherwise.
 
     With `out_uri` (`s3://bucket/prefix/run`), the run lives in the results store and `out_dir` is
     only its local working folder (`segflow train --out URI --work-dir DIR`): each checkpoint is
     uploaded while training runs, and an attempt on another machine resumes from the store.
-
-    `on_progress(fraction)` is called while it runs, from the latest checkpoint's step over
-    `total_steps` (when known). Returns `out_dir`, `model_path` and the `history`; raises
-    SegflowError with the end of `train.log` when the process fails.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,44 +74,92 @@ def train_in_subprocess(
     command = [
         sys.executable, "-m", "segflow", "train",
         "--config", str(request), "--records", str(records_dir), "--out", out_uri or str(out_dir), "--quiet",
-    ]  # fmt: skip
-    if out_uri:
-        command += ["--work-dir", str(out_dir)]
+    ] + (["--work-dir", str(out_dir)] if out_uri else []) + (["--evaluate"] if evaluate else [])  # fmt: skip
+    env = gpus.child_env(gpu_ids) if gpu_ids is not None else dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    total_steps = _total_steps(config, records_dir)
     log_path = out_dir / LOG_FILE
+    started = time.monotonic()
     with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+        visible = f" CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in env else ""
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}{visible} {' '.join(command)}\n".encode())
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
         (out_dir / PID_FILE).write_text(str(process.pid))
         while process.poll() is None:
             if on_progress and total_steps:
-                on_progress(min(1.0, _checkpoint_step(out_dir) / total_steps))
+                on_progress(min(1.0, checkpoint_step(out_dir) / total_steps))
             time.sleep(poll_seconds)
+    seconds = round(time.monotonic() - started, 1)
     if process.returncode != 0:
-        raise SegflowError(
-            f"training {config.architecture} in {out_dir} exited with code {process.returncode}; "
-            f"end of {log_path}:\n{_tail(log_path)}"
-        )
+        tail = _tail(log_path)
+        what = f"training {config.architecture} in {out_dir}"
+        if process.returncode == 1 and tail.splitlines() and tail.splitlines()[-1].startswith("Error: "):
+            raise SegflowError(f"{what}: {tail.splitlines()[-1].removeprefix('Error: ')}")
+        raise TrainingInterrupted(f"{what} {_describe_exit(process.returncode)}; end of {log_path}:\n{tail}")
     if on_progress:
         on_progress(1.0)
-    history_path = out_dir / "history.json"
     return {
         "architecture": config.architecture,
         "out_dir": str(out_dir),
-        "model_path": str(out_dir / "model.keras"),
-        "history": json.loads(history_path.read_text()) if history_path.is_file() else [],
+        "model_path": str(out_dir / MODEL_FILE),
+        "metrics": _small_metrics(out_dir / METRICS_FILE) if evaluate else None,
+        "epochs": len(_read_json(out_dir / HISTORY_FILE) or []),
+        "seconds": seconds,
+        "gpu_ids": gpu_ids,
     }
 
 
-def _checkpoint_step(out_dir: Path) -> int:
-    latest = checkpoints.latest_checkpoint(out_dir / "checkpoints")
-    return latest[1]["step"] if latest else 0
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)  # loaded here, never between fork and exec
+    except OSError:
+        return None
 
 
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
+_LIBC = _libc()
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: get SIGKILL when the parent (thread) goes away."""
+    if _LIBC is not None and hasattr(_LIBC, "prctl"):  # Linux; elsewhere a child may outlive a killed parent
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def checkpoint_step(out_dir: str | os.PathLike) -> int:
+    """The step of the newest `checkpoints/step-NNNNNNNNN/` folder (0 when none), read from its name."""
+    steps = [int(match[1]) for path in (Path(out_dir) / CHECKPOINT_DIR).glob("step-*")
+             if (match := re.fullmatch(r"step-(\d+)", path.name))]  # fmt: skip
+    return max(steps, default=0)
+
+
+def _total_steps(config: TrainConfig, records_dir) -> int | None:
+    """Optimizer steps of the whole run, from the records' manifest (no TensorFlow needed)."""
+    if config.steps_per_epoch:
+        return config.steps_per_epoch * config.epochs
+    manifest = _read_json(Path(records_dir) / "manifest.json") or {}
+    examples = manifest.get("splits", {}).get("train", {}).get("num_examples")
+    return (examples // config.batch_size) * config.epochs if examples else None
+
+
+def _small_metrics(path: Path) -> dict:
+    metrics = _read_json(path)
+    if metrics is None:
+        raise TrainingInterrupted(f"the training process ended without writing {path}")
+    return {key: metrics.get(key) for key in SMALL_METRICS}
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with code {returncode}"
 
 
 def _tail(path: Path) -> str:

@@ -1,35 +1,44 @@
-"""Tasks that turn a finished run into a report, publish it, and move champion pointers."""
+"""Tasks that turn a finished run into a report, publish it, and move champion pointers.
+
+None is retried: storage retries S3 requests itself (see tasks/retry.py).
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.tasks import exponential_backoff
 
 from segflow import champion, storage
+from segflow.errors import SegflowError
+from segflow.train_process import die_with_parent
 
 
-@task(task_run_name="decide champion: {architecture}", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
+@task(task_run_name="decide champion: {architecture}")
 def decide_champion(results_uri: str, architecture: str, run_id: str, val_miou: float | None) -> dict:
     return champion.decide(results_uri, architecture, run_id, val_miou)
 
 
 @task
 def write_report(run_dir: str) -> str:
-    """Render report.html/.json/.md into `run_dir/report`, and show the summary in the Prefect UI."""
-    from segflow.report import write_report as render
-
-    paths = render(run_dir, Path(run_dir) / "report")
-    create_markdown_artifact(Path(paths["md"]).read_text(), key="segflow-report", description="Run summary")
-    rows = json.loads(Path(paths["json"]).read_text())["comparison"]
+    """Render report.html/.json/.md into `run_dir/report` in a child process (`segflow report`:
+    the sample predictions load Keras and matplotlib), and show the summary in the Prefect UI."""
+    out_dir = Path(run_dir) / "report"
+    command = [sys.executable, "-m", "segflow", "report", "--runs", run_dir, "--out", str(out_dir)]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=die_with_parent)
+    if done.returncode != 0:
+        raise SegflowError(f"writing the report of {run_dir} failed: {done.stderr.strip()[-2000:]}")
+    create_markdown_artifact((out_dir / "report.md").read_text(), key="segflow-report", description="Run summary")
+    rows = json.loads((out_dir / "report.json").read_text())["comparison"]
     create_table_artifact(rows, key="segflow-metrics", description="Per-architecture metrics")
-    return str(paths["html"])
+    return str(out_dir / "report.html")
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+@task
 def publish_run(run_dir: str, results_uri: str, run_id: str) -> str:
     """Copy the run folder to the results store; `latest.json` moves only once it is all there."""
     run_uri = storage.publish(run_dir, results_uri, run_id)
@@ -39,7 +48,6 @@ def publish_run(run_dir: str, results_uri: str, run_id: str) -> str:
     return run_uri
 
 
-@task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2))
-def promote_champion(results_uri: str, decision: dict, run_uri: str) -> dict | None:
-    model_uri = storage.join(run_uri, decision["architecture"], "model.keras")
+@task(task_run_name="promote champion: {decision[architecture]}")
+def promote_champion(results_uri: str, decision: dict, model_uri: str) -> dict | None:
     return champion.promote(results_uri, decision, model_uri)

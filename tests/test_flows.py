@@ -1,9 +1,9 @@
 """The pipeline flow end to end on Prefect's real (ephemeral) API, real training processes and a
-real S3-compatible server: publishing, caching, retries that resume, and partial failure."""
+real S3-compatible server: publishing, no-op re-runs, retries that resume, partial failure, GPU
+slots from Prefect's concurrency limit, and the retry policy."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -40,25 +40,7 @@ def tiny_params(tmp_path: Path, results_uri: str, **overrides):
     return demo_params(**{**values, **overrides})
 
 
-def task_states(flow_run_id) -> dict[str, str]:
-    """{task run name: final state name} of one flow run, read back from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
-
-    async def read():
-        async with get_client() as client:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
-                limit=200,
-            )
-            return {run.name: run.state.name for run in runs}
-
-    return asyncio.run(read())
-
-
-def test_pipeline_publishes_to_s3_and_a_second_run_hits_the_caches(prefect_harness, s3_bucket, tmp_path):
+def test_pipeline_publishes_to_s3_and_a_second_run_finds_data_and_records_up_to_date(prefect_harness, s3_bucket, tmp_path):
     from flows.pipeline import cityscapes_pipeline
 
     results_uri = f"{s3_bucket}/results"
@@ -80,20 +62,23 @@ def test_pipeline_publishes_to_s3_and_a_second_run_hits_the_caches(prefect_harne
         metrics = storage.read_json(storage.join(latest["uri"], arch, "metrics.json"))
         assert metrics["miou"] == pytest.approx(summary["miou"][arch])
         assert champion.current_champion(results_uri, arch)["run_id"] == summary["run_id"]
+        # Trained and evaluated by one process: train.log shows one start, then the evaluation.
+        log = (tmp_path / "work" / "runs" / summary["run_id"] / arch / "train.log").read_text()
+        assert log.count("=== ") == 1 and "--evaluate" in log and "metrics.json: val mIoU" in log
     for name in ("report.html", "report.json", "report.md"):
         assert f"report/{name}" in published
     assert storage.read_json(storage.join(latest["uri"], "run.json"))["data"]["synthetic"] is True
+    assert not list((tmp_path / "work" / "runs").glob(".unfinished-*"))  # finished: nothing to resume
 
     records_manifest = next((tmp_path / "work" / "records").glob("*/manifest.json"))
-    converted_at = records_manifest.stat().st_mtime_ns
+    data_marker = next((tmp_path / "work" / "data").glob("*/.segflow-source.json"))
+    converted_at, prepared_at = records_manifest.stat().st_mtime_ns, data_marker.stat().st_mtime_ns
     second = cityscapes_pipeline(params, return_state=True)
     assert second.is_completed(), second.message
-    states = task_states(second.state_details.flow_run_id)
-    assert states[next(name for name in states if name.startswith("get data"))] == "Cached"
-    assert states[next(name for name in states if name.startswith("convert_records"))] == "Cached"
-    assert records_manifest.stat().st_mtime_ns == converted_at
+    assert records_manifest.stat().st_mtime_ns == converted_at and data_marker.stat().st_mtime_ns == prepared_at
     # The nightly rule: the newer run becomes champion only if it is strictly better.
     again = second.result()
+    assert again["run_id"] != summary["run_id"]
     for arch in ("unet",):
         expected = again["run_id"] if again["miou"][arch] > summary["miou"][arch] else summary["run_id"]
         assert champion.current_champion(results_uri, arch)["run_id"] == expected
@@ -182,8 +167,158 @@ def test_training_flow_for_a_gpu_pool_reads_and_writes_only_the_results_store(pr
     out_uri = storage.join(s3_bucket, "results", "training", "run-1", "unet")
     params = tiny_params(tmp_path / "gpu-worker", s3_bucket, architectures=["unet"], epochs=1, steps_per_epoch=2)
 
-    assert train_architecture_flow("unet", records_uri, out_uri, params) == out_uri
+    result = train_architecture_flow("unet", records_uri, out_uri, params)
+    assert result["out_uri"] == out_uri and 0 <= result["metrics"]["miou"] <= 1 and result["epochs"] == 1
     uploaded = set(storage.list_files(out_uri))
-    assert {"model.keras", "history.json", "config.json"} <= uploaded
+    assert {"model.keras", "history.json", "config.json", "metrics.json"} <= uploaded
+    assert storage.read_json(storage.join(out_uri, "metrics.json"))["miou"] == result["metrics"]["miou"]
     assert any(name.startswith("checkpoints/step-") for name in uploaded)
     assert storage.read_json(storage.join(out_uri, "history.json"))[-1]["step"] == 2
+
+
+REPORT_VISIBLE_DEVICES = "import os, sys, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(float(sys.argv[1]))"
+
+
+def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefect_harness, tmp_path, monkeypatch):
+    """Four fake GPUs, two per training: two children at a time, each seeing two GPUs that no
+    concurrent child sees; a slot is taken again soon after a short job ends, while the long one
+    still runs."""
+    import subprocess
+    import sys
+
+    from prefect import flow, task
+
+    from segflow import gpus
+    from tasks.gpus import size_training_limit, training_slot
+
+    monkeypatch.setenv("SEGFLOW_GPU_IDS", "0,1,2,3")
+    monkeypatch.setenv("SEGFLOW_GPUS_PER_TRAINING", "2")
+    monkeypatch.setenv("SEGFLOW_GPU_LOCK_DIR", str(tmp_path / "locks"))
+
+    @task
+    def fake_training(seconds: float) -> dict:
+        with training_slot() as gpu_ids:
+            started = time.monotonic()
+            child = subprocess.run(
+                [sys.executable, "-c", REPORT_VISIBLE_DEVICES, str(seconds)],
+                env=gpus.child_env(gpu_ids), capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            return {"visible": child.stdout.strip(), "start": started, "end": time.monotonic()}
+
+    @flow
+    def trainings(durations: list[float]) -> list[dict]:
+        assert size_training_limit(cpu_slots=1) == 4
+        return [future.result() for future in fake_training.map(durations)]
+
+    short, long, later = trainings([2.0, 25.0, 2.0])
+    assert gpus.training_slots(cpu_slots=1) == 2
+    for job in (short, long, later):
+        assert len(job["visible"].split(",")) == 2 and set(job["visible"].split(",")) <= {"0", "1", "2", "3"}
+    # At most two at once: the third started only after the short one ended, and with its GPUs.
+    first, third = sorted([short, later], key=lambda job: job["start"])
+    assert third["start"] >= first["end"] - 0.5
+    assert third["visible"] == first["visible"]
+    assert set(long["visible"].split(",")).isdisjoint(first["visible"].split(","))
+    # The freed slot refilled while the long training still ran (Prefect's retry-after is the
+    # limit's average slot occupancy, a few seconds here).
+    assert third["start"] < long["end"] - 5, (first, third, long)
+
+
+def test_data_comes_with_one_login_none_on_a_rerun_and_a_wrong_password_fails_once(prefect_harness, tmp_path, monkeypatch):
+    from prefect import flow
+
+    from segflow import synthetic
+    from cityscapes_site import CityscapesSiteServer
+    from tasks.data import prepare_dataset
+
+    synthetic.write_dataset(tmp_path / "synthetic", train=2, val=1, test=1, height=32, width=64, zips=True)
+    packages = tmp_path / "site"
+    packages.mkdir()
+    for name in ("gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip"):
+        (packages / name).write_bytes((tmp_path / "synthetic" / name).read_bytes())
+
+    @flow
+    def get_data(source: str, work_dir: str):
+        return prepare_dataset(source, work_dir, (2, 1), (32, 64), 0, return_state=True)
+
+    with CityscapesSiteServer(packages, username="alice", password="right-password") as site:
+        def logins():
+            return sum(1 for request in site.requests if request.method == "POST" and request.path.startswith("/login"))
+
+        monkeypatch.setenv("CITYSCAPES_USERNAME", "alice")
+        monkeypatch.setenv("CITYSCAPES_PASSWORD", "right-password")
+        first = get_data(f"cityscapes+{site.url}", str(tmp_path / "work"))
+        assert first.is_completed(), first.message
+        assert (Path(first.result()) / "gtFine").is_dir()
+        assert logins() == 1
+        again = get_data(f"cityscapes+{site.url}", str(tmp_path / "work"))
+        assert again.is_completed() and logins() == 1  # a no-op re-run does not log in
+
+        monkeypatch.setenv("CITYSCAPES_PASSWORD", "wrong-password")
+        refused = get_data(f"cityscapes+{site.url}", str(tmp_path / "other-work"), return_state=True)
+        assert logins() == 2  # one attempt, not retried by the task
+        assert refused.is_failed()
+        [attempt] = [run for name, run in task_runs(refused.state_details.flow_run_id).items() if name.startswith("get data")]
+        assert attempt["run_count"] == 1 and attempt["state"] == "Failed"
+        assert "SegflowError: Cityscapes login as 'alice'" in attempt["message"]
+        assert "wrong username or password" in attempt["message"] and "wrong-password" not in attempt["message"]
+
+
+def task_runs(flow_run_id) -> dict[str, dict]:
+    """{task run name: {"state", "run_count"}} of one flow run, read back from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200
+        )
+    return {run.name: {"state": run.state.name, "run_count": run.run_count, "message": run.state.message} for run in runs}
+
+
+def test_killed_demo_leaves_no_process_and_the_same_command_resumes_its_run(tmp_path):
+    """kill -9 of `segflow demo` during training: everything it started is gone within seconds;
+    the same command again resumes the same run from its checkpoint, and the killed flow run is
+    marked Crashed instead of staying Running."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from segflow.lifeline import descendants
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180", PREFECT_LOGGING_LEVEL="WARNING")  # fmt: skip
+    command = [sys.executable, "-m", "segflow", "demo", "--out", "demo", "--arch", "unet"]
+    demo = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    out_dir = tmp_path / "demo" / "work" / "runs"
+    try:
+        deadline = time.monotonic() + 600
+        while not list(out_dir.glob("*/unet/checkpoints/step-*")):
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo ended before its first checkpoint"
+            time.sleep(0.2)
+        started = descendants(demo.pid)
+        assert started, "the demo started no process"
+        demo.kill()  # kill -9 of the command alone, not of its process group
+        demo.wait()
+        deadline = time.monotonic() + 10
+        while (alive := [pid for pid in started if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive == [], [Path(f"/proc/{pid}/cmdline").read_text() for pid in alive]
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+    [killed_run] = [path.parent.parent.name for path in out_dir.glob("*/unet/checkpoints")]
+    killed_at = max(int(path.name.split("-")[1]) for path in (out_dir / killed_run / "unet" / "checkpoints").glob("step-*"))
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [path.name for path in out_dir.iterdir() if path.is_dir()] == [killed_run]
+    log = (out_dir / killed_run / "unet" / "train.log").read_text()
+    assert int(re.search(r"resumed from step (\d+)", log).group(1)) >= killed_at
+    assert storage.latest_run(str(tmp_path / "demo" / "results"))["run_id"] == killed_run
+    with sqlite3.connect(tmp_path / "prefect-home" / "prefect.db") as db:
+        states = sorted(state for (state,) in db.execute("SELECT state_type FROM flow_run"))
+    assert states == ["COMPLETED", "CRASHED"]
