@@ -1,4 +1,5 @@
-"""Shared fixtures: real servers on 127.0.0.1 that tests talk to over HTTP."""
+"""Shared fixtures: real servers on 127.0.0.1 that tests talk to over HTTP, and one tiny synthetic
+dataset with one tiny trained model, made once per session (training is the slow part)."""
 
 import os
 import subprocess
@@ -76,3 +77,25 @@ def prefect_api(tmp_path_factory):
         yield api, {**env, "PREFECT_API_URL": api}
     finally:
         stop(server)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory):
+    """(Cityscapes root, records folder) of a 64x128 synthetic dataset: 8 train, 4 val, 2 test."""
+    from training_run import synthetic_records
+
+    return synthetic_records(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def records(synthetic_dataset):
+    """The records folder of `synthetic_dataset`."""
+    return synthetic_dataset[1]
+
+
+@pytest.fixture(scope="session")
+def trained(records, tmp_path_factory):
+    """The TrainResult of `training_run.TINY_CONFIG` trained on `records`."""
+    from training_run import trained_run
+
+    return trained_run(records, tmp_path_factory)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from training_run import synthetic_records, trained_run
 
 from segflow.cityscapes import CLASS_NAMES, CATEGORY_NAMES, LABEL_DIR, LABEL_IDS_SUFFIX, to_train_ids
 from segflow.cli import cli
@@ -15,19 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthetic_records(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def metrics(trained, dataset, tmp_path_factory):
+def metrics(trained, synthetic_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluation")
-    result = CliRunner().invoke(cli, ["evaluate", "--model", str(trained.model_path), "--records", str(dataset[1]), "--out", str(out)])
+    result = CliRunner().invoke(cli, ["evaluate", "--model", str(trained.model_path), "--records", str(synthetic_dataset[1]), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "mIoU" in result.output
     return json.loads((out / "metrics.json").read_text())
@@ -39,8 +28,8 @@ def _ground_truth_train_ids(cityscapes_root, split="val"):
     return [to_train_ids(np.asarray(Image.open(path))) for path in paths]
 
 
-def test_the_confusion_matrix_counts_every_labelled_pixel_of_the_split(metrics, dataset):
-    labels = _ground_truth_train_ids(dataset[0])
+def test_the_confusion_matrix_counts_every_labelled_pixel_of_the_split(metrics, synthetic_dataset):
+    labels = _ground_truth_train_ids(synthetic_dataset[0])
     confusion = np.array(metrics["confusion_matrix"])
     assert confusion.shape == (19, 19)
     assert metrics["num_images"] == len(labels) == 4
@@ -126,9 +115,9 @@ def _independent_confusion(model_path, cityscapes_root, input_size) -> np.ndarra
     return counts
 
 
-def test_a_missing_model_is_one_clear_error(dataset, tmp_path):
+def test_a_missing_model_is_one_clear_error(synthetic_dataset, tmp_path):
     result = CliRunner().invoke(
-        cli, ["evaluate", "--model", str(tmp_path / "nope.keras"), "--records", str(dataset[1]), "--out", str(tmp_path)]
+        cli, ["evaluate", "--model", str(tmp_path / "nope.keras"), "--records", str(synthetic_dataset[1]), "--out", str(tmp_path)]
     )
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: model file {tmp_path / 'nope.keras'} does not exist"

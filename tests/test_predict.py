@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from training_run import synthetic_records, trained_run
 
 from segflow.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, TRAIN_LABELS, colorize, to_label_ids
 from segflow.cli import cli
@@ -13,27 +12,17 @@ pytestmark = pytest.mark.slow
 EVALUATED_LABEL_IDS = {label.id for label in TRAIN_LABELS}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return synthetic_records(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
-
-
 def _predict(model, images, out, *options):
     result = CliRunner().invoke(cli, ["predict", "--model", str(model), "--images", str(images), "--out", str(out), *options])
     assert result.exit_code == 0, result.output
     return result
 
 
-def test_predictions_scored_as_a_folder_match_evaluate_model(trained, dataset, tmp_path):
+def test_predictions_scored_as_a_folder_match_evaluate_model(trained, synthetic_dataset, tmp_path):
     from segflow.evaluate import evaluate_model
     from segflow.scoring import score_folder
 
-    root, records = dataset
+    root, records = synthetic_dataset
     _predict(trained.model_path, root / IMAGE_DIR / "val", tmp_path / "predictions", "--batch-size", "1")
     folder = score_folder(tmp_path / "predictions", root, split="val")
     model = evaluate_model(trained.model_path, records, tmp_path / "evaluation")
@@ -43,9 +32,9 @@ def test_predictions_scored_as_a_folder_match_evaluate_model(trained, dataset, t
     assert folder["pixel_accuracy"] == pytest.approx(model["pixel_accuracy"], abs=1e-6)
 
 
-def test_label_ids_pngs_are_named_like_their_images_and_hold_evaluated_label_ids(trained, dataset, tmp_path):
-    images = sorted((dataset[0] / IMAGE_DIR / "val").rglob(f"*{IMAGE_SUFFIX}"))
-    result = _predict(trained.model_path, dataset[0] / IMAGE_DIR / "val", tmp_path)
+def test_label_ids_pngs_are_named_like_their_images_and_hold_evaluated_label_ids(trained, synthetic_dataset, tmp_path):
+    images = sorted((synthetic_dataset[0] / IMAGE_DIR / "val").rglob(f"*{IMAGE_SUFFIX}"))
+    result = _predict(trained.model_path, synthetic_dataset[0] / IMAGE_DIR / "val", tmp_path)
     assert f"{len(images)} labelIds PNGs" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(path.name for path in images)
     for path in images:
@@ -54,8 +43,8 @@ def test_label_ids_pngs_are_named_like_their_images_and_hold_evaluated_label_ids
             assert set(np.unique(np.asarray(prediction))) <= EVALUATED_LABEL_IDS
 
 
-def test_train_ids_color_and_overlay_formats_agree(trained, dataset, tmp_path):
-    pattern = str(dataset[0] / IMAGE_DIR / "val" / "*" / f"*{IMAGE_SUFFIX}")
+def test_train_ids_color_and_overlay_formats_agree(trained, synthetic_dataset, tmp_path):
+    pattern = str(synthetic_dataset[0] / IMAGE_DIR / "val" / "*" / f"*{IMAGE_SUFFIX}")
     for output_format in ("labelIds", "trainIds", "color", "overlay"):
         _predict(trained.model_path, pattern, tmp_path / output_format, "--format", output_format, "--batch-size", "3")
     for path in sorted((tmp_path / "labelIds").iterdir()):
@@ -64,7 +53,7 @@ def test_train_ids_color_and_overlay_formats_agree(trained, dataset, tmp_path):
         assert train_ids.max() < 19
         np.testing.assert_array_equal(to_label_ids(train_ids), label_ids)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "color" / path.name)), colorize(train_ids))
-        image = np.asarray(Image.open(next((dataset[0] / IMAGE_DIR / "val").rglob(path.name))), dtype=np.uint16)
+        image = np.asarray(Image.open(next((synthetic_dataset[0] / IMAGE_DIR / "val").rglob(path.name))), dtype=np.uint16)
         expected_overlay = ((image + colorize(train_ids)) // 2).astype(np.uint8)
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "overlay" / path.name)), expected_overlay)
 

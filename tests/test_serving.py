@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from training_run import synthetic_records
-
 from segflow.cli import cli
 
 TRAIN_ARGS = ["--arch", "unet", "--width", "0.0625", "--image-size", "64x128", "--batch-size", "2", "--epochs", "2",
@@ -25,8 +23,8 @@ TRAIN_ARGS = ["--arch", "unet", "--width", "0.0625", "--image-size", "64x128", "
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    dataset, records = synthetic_records(tmp_path_factory)
+def run(synthetic_dataset, tmp_path_factory):
+    dataset, records = synthetic_dataset
     out = tmp_path_factory.mktemp("served") / "run"
     result = CliRunner().invoke(cli, ["train", "--records", str(records), "--out", str(out), *TRAIN_ARGS])
     assert result.exit_code == 0, result.output

@@ -11,23 +11,13 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from training_run import TINY_CONFIG, synthetic_records, trained_run
+from training_run import TINY_CONFIG
 
 from segflow import checkpoints
 from segflow.cli import cli
 from segflow.errors import SegflowError
 
 SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    return synthetic_records(tmp_path_factory)[1]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 def _val_label_counts(records):

@@ -14,7 +14,6 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from training_run import synthetic_records, trained_run
 
 from segflow import checkpoints, storage
 from segflow.cli import cli
@@ -29,16 +28,6 @@ SMALL_SETTINGS = {
     "architecture": "unet", "width": 0.0625, "image_size": "64x128", "batch_size": 2, "epochs": 2,
     "steps_per_epoch": 4, "warmup_steps": 0, "checkpoint_every_steps": 2, "val_max_examples": 2,
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    return synthetic_records(tmp_path_factory)[1]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_run(tmp_path_factory)
 
 
 def _copy_run(trained, tmp_path):

@@ -1,13 +1,11 @@
-"""One synthetic dataset and one tiny trained model, made once per pytest session and shared by
-test_train.py, test_evaluate.py and test_predict.py (training is the slow part of all three)."""
+"""How the session's tiny synthetic dataset and tiny trained model are made; tests/conftest.py
+makes each once per session (fixtures `synthetic_dataset`, `records`, `trained`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from segflow.config import TrainConfig
-
-_made: dict[str, object] = {}
 
 # U-Net at 1/16 width (4..64 filters, 0.12 M parameters) on 64x128 images: ~0.3 s a step here.
 # SGD at 0.1 and batch-norm momentum 0.9 so that 40 steps are enough to learn the synthetic
@@ -28,22 +26,17 @@ TINY_CONFIG = TrainConfig(
 
 def synthetic_records(tmp_path_factory) -> tuple[Path, Path]:
     """(Cityscapes root, records folder) of a 64x128 synthetic dataset: 8 train, 4 val, 2 test."""
-    if "records" not in _made:
-        from segflow.convert import convert
-        from segflow.synthetic import write_dataset
+    from segflow.convert import convert
+    from segflow.synthetic import write_dataset
 
-        base = tmp_path_factory.mktemp("synthetic")
-        dataset = write_dataset(base / "cityscapes", train=8, val=4, test=2, height=64, width=128)
-        convert(dataset, base / "records", progress=False)
-        _made["records"] = (dataset, base / "records")
-    return _made["records"]
+    base = tmp_path_factory.mktemp("synthetic")
+    dataset = write_dataset(base / "cityscapes", train=8, val=4, test=2, height=64, width=128)
+    convert(dataset, base / "records", progress=False)
+    return dataset, base / "records"
 
 
-def trained_run(tmp_path_factory):
-    """The `segflow.train.TrainResult` of TINY_CONFIG trained on `synthetic_records`."""
-    if "run" not in _made:
-        from segflow.train import train
+def trained_run(records: Path, tmp_path_factory):
+    """The `segflow.train.TrainResult` of TINY_CONFIG trained on `records`."""
+    from segflow.train import train
 
-        _, records = synthetic_records(tmp_path_factory)
-        _made["run"] = train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
-    return _made["run"]
+    return train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
