@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 
 from segflow import storage
 from segflow.errors import SegflowError
@@ -79,6 +80,8 @@ def _judge(champion: dict | None, architecture: str, run_id: str, val_miou: floa
     previous = champion["val_miou"] if champion else None
     if val_miou is None:
         promote, reason = False, "no val mIoU (training or evaluation failed)"
+    elif not math.isfinite(val_miou) or not 0 <= val_miou <= 1:
+        promote, reason = False, f"val mIoU {val_miou!r} is not a number in [0, 1] (a diverged run?)"
     elif champion is None:
         promote, reason = True, f"first champion (val mIoU {percent(val_miou)})"
     elif val_miou > previous:

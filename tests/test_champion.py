@@ -96,3 +96,12 @@ def test_local_model_uri_is_stored_absolute_in_a_file_of_normal_mode(tmp_path, m
     assert (tmp_path / "results/champions/unet.json").stat().st_mode & 0o777 == 0o644
     assert pointer["model_uri"] == str(tmp_path.resolve() / "results/runs/r1/unet/model.keras")
     assert os.path.isabs(storage.read_json(str(tmp_path / "results/champions/unet.json"))["model_uri"])
+
+
+@pytest.mark.parametrize("val_miou", [None, float("nan"), float("inf"), 1.5])
+def test_a_missing_or_non_finite_metric_is_never_promoted(tmp_path, val_miou):
+    results = str(tmp_path / "results")
+    decision = champion.decide(results, "unet", "r1", val_miou)
+    assert decision["promote"] is False
+    assert champion.promote(results, {**decision, "promote": True}, str(tmp_path / "model.keras")) is None
+    assert champion.current_champion(results, "unet") is None
