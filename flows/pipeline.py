@@ -60,7 +60,7 @@ def cityscapes_pipeline(params: PipelineParams = PipelineParams()):
     write_run_record(str(run_dir), run_id=run_id, flow_run_id=_flow_run_id(), parameters=parameters, data_root=data_root,
                      records_dir=records_dir, started_at=started_at, outcomes=outcomes, decisions=decisions)  # fmt: skip
     report_html = write_report(str(run_dir))
-    run_uri = publish_run(str(run_dir), params.results_uri, run_id)
+    run_uri = publish_run(str(run_dir), params.results_uri, run_id, params.keep_checkpoints)
     promoted = [
         decision["architecture"]
         for decision in decisions

@@ -290,6 +290,11 @@ class PipelineParams(BaseModel):
     )
     work_dir: LocalFolder = Field("segflow-work", description="Local folder for downloads, records and training state.")
     promote_champions: bool = Field(True, description="Move an architecture's champion pointer when its val mIoU improves.")
+    keep_checkpoints: bool = Field(
+        False,
+        description="Publish the training checkpoints (weights with optimizer state) too; by default the "
+        "published run holds the exported models, metrics, history, logs, report, config and run record.",
+    )
 
     _sizes_from_text = field_validator("synthetic_size", mode="before")(_size_from_text)
     _numbers_not_booleans = field_validator("*", mode="before")(classmethod(_no_booleans))

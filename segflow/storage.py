@@ -174,10 +174,14 @@ def _atomic_copy(source: Path, destination: Path) -> None:
         shutil.copyfile(source, temporary)
 
 
-def _readable_files(local_dir: Path) -> list[Path]:
+def _readable_files(local_dir: Path, exclude_dirs: tuple[str, ...] = ()) -> list[Path]:
+    """Every file under `local_dir`, sorted, leaving out folders named in `exclude_dirs` at any depth."""
     if not local_dir.is_dir():
         raise SegflowError(f"not a folder: {local_dir}")
-    return sorted(path for path in local_dir.rglob("*") if not path.is_dir())
+    return sorted(
+        path for path in local_dir.rglob("*")
+        if not path.is_dir() and not set(path.relative_to(local_dir).parts[:-1]) & set(exclude_dirs)
+    )  # fmt: skip
 
 
 def upload_file(local: str | os.PathLike, uri: str, *, endpoint_url: str | None = None, client=None) -> str:
@@ -232,13 +236,16 @@ def download_file(uri: str, local: str | os.PathLike, *, endpoint_url: str | Non
     return local
 
 
-def upload_dir(local_dir: str | os.PathLike, uri: str, *, endpoint_url: str | None = None) -> list[str]:
-    """Copy every file under `local_dir` to the same relative path under `uri`; returns their URIs."""
+def upload_dir(
+    local_dir: str | os.PathLike, uri: str, *, endpoint_url: str | None = None, exclude_dirs: tuple[str, ...] = ()
+) -> list[str]:
+    """Copy every file under `local_dir` (but folders named in `exclude_dirs`) to the same relative
+    path under `uri`; returns their URIs."""
     local_dir = Path(local_dir)
     client = s3_client(endpoint_url) if is_s3(uri) else None
     return [
         upload_file(path, join(uri, path.relative_to(local_dir).as_posix()), client=client)
-        for path in _readable_files(local_dir)
+        for path in _readable_files(local_dir, exclude_dirs)
     ]
 
 
@@ -418,10 +425,18 @@ def absolute(uri: str | os.PathLike) -> str:
     return str(uri) if is_s3(uri) else str(local_path(uri).resolve())
 
 
-def publish(local_dir: str | os.PathLike, results_uri: str, run_id: str, *, endpoint_url: str | None = None) -> str:
+def publish(
+    local_dir: str | os.PathLike,
+    results_uri: str,
+    run_id: str,
+    *,
+    endpoint_url: str | None = None,
+    exclude_dirs: tuple[str, ...] = (),
+) -> str:
     """Publish a finished run: copy `local_dir` to `{results_uri}/runs/{run_id}/`, write its
     `manifest.json`, and only then point `{results_uri}/latest.json` at it. Returns the run URI
-    (absolute: what `latest.json` holds).
+    (absolute: what `latest.json` holds). Folders named in `exclude_dirs` (at any depth, e.g.
+    `("checkpoints",)`: optimizer state a user rarely needs) are left out.
 
     If anything fails or the process is killed on the way, `latest.json` still names a complete
     run (the previous one), and a folder it names is never changed in place:
@@ -436,17 +451,17 @@ def publish(local_dir: str | os.PathLike, results_uri: str, run_id: str, *, endp
     local_dir = Path(local_dir)
     if not _RUN_ID.match(run_id):
         raise SegflowError(f"invalid run id {run_id!r}: use letters, digits, '.', '_' and '-'")
-    files = _readable_files(local_dir)
+    files = _readable_files(local_dir, exclude_dirs)
     names = [path.relative_to(local_dir).as_posix() for path in files]
     manifest = {"run_id": run_id, "files": names}
     if is_s3(results_uri):
         run_uri = _s3_run_uri(results_uri, run_id, endpoint_url)
-        upload_dir(local_dir, run_uri, endpoint_url=endpoint_url)
+        upload_dir(local_dir, run_uri, endpoint_url=endpoint_url, exclude_dirs=exclude_dirs)
         _delete_others(run_uri, set(names), endpoint_url)
         write_json(join(run_uri, MANIFEST), manifest, endpoint_url=endpoint_url)
     else:
         run_uri = absolute(join(results_uri, "runs", run_id))
-        _copy_tree_atomically(local_dir, local_path(run_uri), manifest)
+        _copy_tree_atomically(local_dir, local_path(run_uri), manifest, exclude_dirs)
     published_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     pointer = {"run_id": run_id, "uri": run_uri, "published_at": published_at}
     write_json(join(results_uri, LATEST), pointer, endpoint_url=endpoint_url)
@@ -481,13 +496,18 @@ def _delete_others(run_uri: str, keep: set[str], endpoint_url: str | None) -> No
             client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
-def _copy_tree_atomically(source: Path, destination: Path, manifest: dict) -> None:
+def _ignore_folders(names: tuple[str, ...]):
+    """A `shutil.copytree` ignore function that leaves out the folders called `names`."""
+    return lambda folder, entries: [entry for entry in entries if entry in names and (Path(folder) / entry).is_dir()]
+
+
+def _copy_tree_atomically(source: Path, destination: Path, manifest: dict, exclude_dirs: tuple[str, ...] = ()) -> None:
     """Copy a folder and its manifest beside `destination`, then exchange it with `destination` in
     one atomic step; removes what a killed earlier copy left first."""
     atomic.remove_leftovers(destination, logger, f".{glob.escape(destination.name)}.*.staging")
     with atomic.staging_dir(destination, what=f"the run {source}") as staging:
         try:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
+            shutil.copytree(source, staging, dirs_exist_ok=True, ignore=_ignore_folders(exclude_dirs))
         except (OSError, shutil.Error) as error:
             if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "[Errno 28]" in str(error):
                 raise atomic.disk_full_error(f"the run {source}", destination) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from segflow import champion, storage
+from segflow import champion, run_files, storage
 from segflow.errors import SegflowError
 from segflow.train_process import die_with_parent
 
@@ -39,9 +39,11 @@ def write_report(run_dir: str) -> str:
 
 
 @task
-def publish_run(run_dir: str, results_uri: str, run_id: str) -> str:
-    """Copy the run folder to the results store; `latest.json` moves only once it is all there."""
-    run_uri = storage.publish(run_dir, results_uri, run_id)
+def publish_run(run_dir: str, results_uri: str, run_id: str, keep_checkpoints: bool = False) -> str:
+    """Copy the run folder (without its checkpoints unless `keep_checkpoints`) to the results
+    store; `latest.json` moves only once it is all there."""
+    exclude = () if keep_checkpoints else (run_files.CHECKPOINT_DIR,)
+    run_uri = storage.publish(run_dir, results_uri, run_id, exclude_dirs=exclude)
     report_uri = storage.join(run_uri, "report", "report.html")
     link = report_uri if storage.is_s3(report_uri) else Path(report_uri).resolve().as_uri()
     create_link_artifact(link, link_text="report.html", key="segflow-report-link")

@@ -57,7 +57,9 @@ def test_pipeline_publishes_to_s3_and_a_second_run_finds_data_and_records_up_to_
     for arch in ("unet",):
         for name in ("metrics.json", "history.json", "model.keras", "config.json"):
             assert f"{arch}/{name}" in published
-        assert any(name.startswith(f"{arch}/checkpoints/") for name in published)
+        # Optimizer-state checkpoints stay in the work folder unless keep_checkpoints asks for them.
+        assert not any(name.startswith(f"{arch}/checkpoints/") for name in published)
+        assert (tmp_path / "work" / "runs" / summary["run_id"] / arch / "checkpoints").is_dir()
         assert any(name.startswith(f"{arch}/tensorboard/") for name in published)
         metrics = storage.read_json(storage.join(latest["uri"], arch, "metrics.json"))
         assert metrics["miou"] == pytest.approx(summary["miou"][arch])

@@ -348,3 +348,17 @@ def test_pointers_hold_absolute_paths_and_files_get_the_normal_mode(tmp_path, mo
     assert storage.read_text(storage.join(latest["uri"], "report.html")) == "x"
     for path in ("latest.json", "runs/run-1/manifest.json"):
         assert (tmp_path / "results" / path).stat().st_mode & 0o777 == 0o644, path
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_publish_leaves_out_the_checkpoint_folders_it_is_told_to(store, tmp_path, request):
+    run = tmp_path / "run"
+    for name in ("unet/model.keras", "unet/checkpoints/step-000000004/model.weights.h5", "unet/history.json",
+                 "report/report.html"):  # fmt: skip
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    results = str(tmp_path / "results") if store == "local" else request.getfixturevalue("s3_bucket") + "/r"
+    run_uri = storage.publish(run, results, "r1", exclude_dirs=("checkpoints",))
+    assert storage.list_files(run_uri) == ["manifest.json", "report/report.html", "unet/history.json", "unet/model.keras"]
+    assert storage.read_json(storage.join(run_uri, "manifest.json"))["files"] == [
+        "report/report.html", "unet/history.json", "unet/model.keras"]  # fmt: skip
