@@ -87,7 +87,11 @@ def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: 
         }
     else:
         size_training_limit(params.max_parallel_training)
-        futures = {arch: train_architecture.submit(arch, records_dir, str(run_dir / arch), params) for arch in params.architectures}
+        count = len(params.architectures)
+        futures = {
+            arch: train_architecture.submit(arch, records_dir, str(run_dir / arch), params, position=f"{number}/{count}")
+            for number, arch in enumerate(params.architectures, start=1)
+        }
     outcomes = {}
     for arch, future in futures.items():
         future.wait()

@@ -6,6 +6,7 @@ steps start without loading TensorFlow.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
@@ -403,6 +404,7 @@ def demo(out_dir, architectures, results_uri):
 
     Example: segflow demo --out demo-output
     """
+    from segflow import storage
     from segflow.config import demo_params
     from segflow.lifeline import watch_this_process
 
@@ -414,6 +416,8 @@ def demo(out_dir, architectures, results_uri):
     params = demo_params(**overrides)
     from flows.pipeline import cityscapes_pipeline
 
+    if not os.environ.get("PREFECT_API_URL"):
+        click.echo("starting a temporary Prefect server for this run (the first start creates its database: ~20-30 s)")
     state = cityscapes_pipeline(params, return_state=True)
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):
@@ -421,7 +425,8 @@ def demo(out_dir, architectures, results_uri):
     for arch, miou in summary["miou"].items():
         click.echo(f"{arch:>14}: " + (f"val mIoU {miou:.3f}" if miou is not None else f"FAILED {summary['failed'][arch]}"))
     click.echo(f"{state.name}: {state.message}")
-    click.echo(f"report: {summary['report']}")
+    report = summary["report"]
+    click.echo(f"report: {report if storage.is_s3(report) else Path(report).resolve()}")
     if state.is_failed():
         raise SystemExit(1)
 

@@ -371,7 +371,7 @@ def _fit(
     best = checkpoints.best_state(checkpoint_dir)
     val_model = build_inference_model(config, config.val_image_size or config.image_size)
     validation = ValidationMIoU(val_model, val_data)
-    history = HistoryWriter(out_dir / HISTORY_FILE, config.batch_size, steps_per_epoch)
+    history = HistoryWriter(out_dir / HISTORY_FILE, config.batch_size, steps_per_epoch, config.epochs)
     checkpointer = StepCheckpointer(
         checkpoint_dir, config.checkpoint_every_steps, start_step, steps_per_epoch,
         best["val_miou"] if best else None, on_checkpoint,
@@ -476,13 +476,18 @@ class HistoryWriter(keras.callbacks.Callback):
     """Keeps `history.json` (one entry per epoch, rewritten atomically) across restarts: an epoch
     trained again after an interruption replaces its earlier entry. `step` counts batches;
     `optimizer_updates` the updates applied (fewer under mixed precision when the dynamic loss
-    scale skipped some), `loss_scale` that scale (mixed precision only)."""
+    scale skipped some), `loss_scale` that scale (mixed precision only).
 
-    def __init__(self, path: Path, batch_size: int, steps_per_epoch: int):
+    Prints one progress line per epoch (`epoch 2/6: loss 0.6138, val mIoU 0.2679, 211.3 images/s,
+    ETA 80 s`), which the pipeline relays from the training process to the terminal and Prefect;
+    the ETA assumes the remaining epochs take as long as this one."""
+
+    def __init__(self, path: Path, batch_size: int, steps_per_epoch: int, epochs: int):
         super().__init__()
         self.path = path
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
@@ -526,6 +531,16 @@ class HistoryWriter(keras.callbacks.Callback):
             entry["loss_scale"] = _loss_scale(self.model)
         history = [item for item in read_history(self.path.parent) if item["epoch"] < entry["epoch"]]
         atomic.write_json(self.path, [*history, entry])
+        print(progress_line(entry, self.epochs), flush=True)
+
+
+def progress_line(entry: dict, epochs: int) -> str:
+    """One history entry as the line a person follows: epoch, loss, val mIoU, images/s, ETA."""
+    loss = "n/a" if entry["loss"] is None else f"{entry['loss']:.4f}"
+    miou = "n/a" if entry["val_miou"] is None else f"{entry['val_miou']:.4f}"
+    eta = round((epochs - entry["epoch"]) * entry["wall_time_s"])
+    return (f"epoch {entry['epoch']}/{epochs}: loss {loss}, val mIoU {miou}, "
+            f"{entry['images_per_second']:.1f} images/s, ETA {eta} s")  # fmt: skip
 
 
 class StepCheckpointer(keras.callbacks.Callback):

@@ -51,14 +51,16 @@ def train_in_subprocess(
     gpu_ids: list[str] | None = None,
     evaluate: bool = True,
     on_progress: Callable[[float], None] | None = None,
-    poll_seconds: float = 2.0,
+    on_output: Callable[[str], None] | None = None,
+    poll_seconds: float = 0.5,
 ) -> dict:
     """Train `config` into `out_dir` (resuming whatever an earlier attempt left there) and, with
     `evaluate`, score the exported model on val in the same process.
 
     `gpu_ids`: the only GPUs the child may see (CUDA_VISIBLE_DEVICES); None leaves the
     environment's. `on_progress(fraction)` is called while it runs (newest checkpoint's step over
-    the run's optimizer steps). Returns `{architecture, out_dir, model_path, metrics, epochs,
+    the run's optimizer steps), `on_output(line)` with each line the child prints (one per epoch:
+    loss, val mIoU, images/s, ETA; then the evaluation), as it prints it. Returns `{architecture, out_dir, model_path, metrics, epochs,
     seconds, gpu_ids}`; `metrics` holds only the headline numbers (the full set is in
     `out_dir/metrics.json`). Raises SegflowError when the child refused its input (its one
     `Error:` line included), TrainingInterrupted when it died otherwise.
@@ -86,10 +88,13 @@ def train_in_subprocess(
         log.flush()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
         (out_dir / PID_FILE).write_text(str(process.pid))
+        relayed = log.tell()  # the child's output starts here
         while process.poll() is None:
             if on_progress and total_steps:
                 on_progress(min(1.0, checkpoint_step(out_dir) / total_steps))
             time.sleep(poll_seconds)
+            relayed = _relay(log_path, relayed, on_output)
+        _relay(log_path, relayed, on_output)
     seconds = round(time.monotonic() - started, 1)
     if process.returncode != 0:
         tail = _tail(log_path)
@@ -108,6 +113,21 @@ def train_in_subprocess(
         "seconds": seconds,
         "gpu_ids": gpu_ids,
     }
+
+
+def _relay(log_path: Path, offset: int, on_output: Callable[[str], None] | None) -> int:
+    """Pass the complete lines written to `log_path` after `offset` to `on_output`; returns the
+    offset after them (a line still being written waits for the next call)."""
+    if on_output is None:
+        return offset
+    with open(log_path, "rb") as stream:
+        stream.seek(offset)
+        written = stream.read()
+    complete = written.rfind(b"\n") + 1
+    for line in written[:complete].decode("utf-8", errors="replace").splitlines():
+        if line.strip():
+            on_output(line)
+    return offset + complete
 
 
 def _libc():

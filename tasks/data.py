@@ -47,7 +47,7 @@ def prepare_dataset(source: str, work_dir: str, synthetic_images, synthetic_size
     return str(data_root)
 
 
-@task
+@task(task_run_name="convert records")
 def convert_records(data_root: str, records_dir: str) -> str:
     """Write the TFRecords (nothing to do when they are up to date with the data)."""
     convert.convert(data_root, records_dir, progress=False)

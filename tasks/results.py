@@ -23,7 +23,7 @@ def decide_champion(results_uri: str, architecture: str, run_id: str, val_miou: 
     return champion.decide(results_uri, architecture, run_id, val_miou)
 
 
-@task
+@task(task_run_name="write report")
 def write_report(run_dir: str) -> str:
     """Render report.html/.json/.md into `run_dir/report` in a child process (`segflow report`:
     the sample predictions load Keras and matplotlib), and show the summary in the Prefect UI."""
@@ -38,7 +38,7 @@ def write_report(run_dir: str) -> str:
     return str(out_dir / "report.html")
 
 
-@task
+@task(task_run_name="publish run {run_id}")
 def publish_run(run_dir: str, results_uri: str, run_id: str, keep_checkpoints: bool = False) -> str:
     """Copy the run folder (without its checkpoints unless `keep_checkpoints`) to the results
     store; `latest.json` moves only once it is all there."""

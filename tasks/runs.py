@@ -10,7 +10,7 @@ from segflow import runinfo, storage
 from segflow.run_files import RUN_FILE
 
 
-@task
+@task(task_run_name="start or resume the run")
 def start_run(work_dir: str, parameters: dict, flow_run_id: str | None) -> str:
     """The run id: the unfinished run of these parameters (resumed), or a new one. A previous
     flow run of it whose process is gone is marked Crashed, so the UI does not show it Running."""
@@ -27,7 +27,7 @@ def start_run(work_dir: str, parameters: dict, flow_run_id: str | None) -> str:
     return run["run_id"]
 
 
-@task
+@task(task_run_name="write run.json")
 def write_run_record(run_dir: str, **facts) -> str:
     """run.json in the run folder: what the report's run section shows."""
     path = storage.join(run_dir, RUN_FILE)
@@ -35,6 +35,6 @@ def write_run_record(run_dir: str, **facts) -> str:
     return path
 
 
-@task
+@task(task_run_name="finish the run")
 def finish_run(work_dir: str, parameters: dict) -> None:
     runinfo.finish(work_dir, parameters)

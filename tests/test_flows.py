@@ -317,6 +317,9 @@ def test_killed_demo_leaves_no_process_and_the_same_command_resumes_its_run(tmp_
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "starting a temporary Prefect server" in again.stdout
+    report_line = [line for line in again.stdout.splitlines() if line.startswith("report: ")][-1]
+    assert Path(report_line.removeprefix("report: ")).is_absolute() and Path(report_line.removeprefix("report: ")).is_file()
     assert [path.name for path in out_dir.iterdir() if path.is_dir()] == [killed_run]
     log = (out_dir / killed_run / "unet" / "train.log").read_text()
     assert int(re.search(r"resumed from step (\d+)", log).group(1)) >= killed_at

@@ -278,3 +278,28 @@ def test_cli_names_a_missing_records_folder(tmp_path):
     )
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: records folder {tmp_path / 'nope'} does not exist"
+
+
+def test_the_progress_line_says_epoch_loss_val_miou_speed_and_eta():
+    from segflow.train import progress_line
+
+    entry = {"epoch": 2, "loss": 0.61384, "val_miou": 0.26789, "images_per_second": 211.34, "wall_time_s": 40.2}
+    assert progress_line(entry, 6) == "epoch 2/6: loss 0.6138, val mIoU 0.2679, 211.3 images/s, ETA 161 s"
+    assert progress_line({**entry, "loss": None, "val_miou": None}, 2).startswith("epoch 2/2: loss n/a, val mIoU n/a")
+
+
+def test_relay_passes_complete_lines_once_and_keeps_a_partial_line(tmp_path):
+    from segflow.train_process import _relay
+
+    log = tmp_path / "train.log"
+    log.write_bytes(b"=== header\n")
+    start = log.stat().st_size
+    with open(log, "ab") as stream:
+        stream.write(b"epoch 1/2: loss 1.0\n\nepoch 2/2: lo")
+    lines = []
+    offset = _relay(log, start, lines.append)
+    assert lines == ["epoch 1/2: loss 1.0"]
+    with open(log, "ab") as stream:
+        stream.write(b"ss 0.5\n")
+    _relay(log, offset, lines.append)
+    assert lines == ["epoch 1/2: loss 1.0", "epoch 2/2: loss 0.5"]

@@ -275,8 +275,13 @@ def test_train_in_subprocess_with_an_out_uri_keeps_the_run_in_the_store(records,
 
     uri = f"{s3_bucket}/runs/unet"
     config = train_config(None, **{**SMALL_SETTINGS, "epochs": 1, "steps_per_epoch": 2})
-    result = train_in_subprocess(config, records, tmp_path / "work", out_uri=uri, poll_seconds=0.5)
+    lines = []
+    result = train_in_subprocess(config, records, tmp_path / "work", out_uri=uri, poll_seconds=0.5, on_output=lines.append)
     assert result["epochs"] == 1
+    # The child's progress reaches the caller line by line: the epoch's line, then the evaluation.
+    (epoch_line,) = [line for line in lines if line.startswith("epoch ")]
+    assert re.fullmatch(r"epoch 1/1: loss \d+\.\d{4}, val mIoU \d\.\d{4}, \d+\.\d images/s, ETA 0 s", epoch_line)
+    assert any(line.startswith(f"{uri}/metrics.json: val mIoU ") for line in lines)
     assert [entry["step"] for entry in storage.read_json(f"{uri}/history.json")] == [2]
     stored = storage.list_files(uri)
     assert {"model.keras", "history.json", "config.json", "metrics.json",
