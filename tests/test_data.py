@@ -95,9 +95,7 @@ def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
 
     first, again, other = batches(3), batches(3), batches(4)
 
-    for (images, labels), (images_again, labels_again) in zip(first, again):
-        np.testing.assert_array_equal(images, images_again)
-        np.testing.assert_array_equal(labels, labels_again)
+    _assert_same_batches(first, again)
     assert any(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
 
 
@@ -181,9 +179,7 @@ def test_decode_once_with_the_same_seed_gives_the_same_stream(records_dir):
 
     first, again, other = batches(3), batches(3), batches(4)
 
-    for (images, labels), (images_again, labels_again) in zip(first, again):
-        np.testing.assert_array_equal(images, images_again)
-        np.testing.assert_array_equal(labels, labels_again)
+    _assert_same_batches(first, again)
     assert all(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
 
 
@@ -223,3 +219,10 @@ def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
     assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
     assert line.endswith("images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND")
 
+
+
+def _assert_same_batches(first, again):
+    """Two streams of (images, labels) batches are equal, element for element."""
+    for (images, labels), (images_again, labels_again) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(images, images_again)
+        np.testing.assert_array_equal(labels, labels_again)
