@@ -343,6 +343,7 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
             steps_per_epoch=steps_per_epoch - done_in_epoch,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # make_dataset shuffles; Keras' default True only warns for a Dataset
         )
         first_epoch += 1
     if first_epoch < config.epochs:
@@ -353,6 +354,7 @@ def _fit(config, model, records_dir, out_dir, start_step, steps_per_epoch, verbo
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # make_dataset shuffles; Keras' default True only warns for a Dataset
         )
 
 
@@ -413,6 +415,7 @@ class HistoryWriter(keras.callbacks.Callback):
             "loss": float(logs["loss"]),
             "val_miou": logs.get("val_miou"),
             "val_pixel_accuracy": logs.get("val_pixel_accuracy"),
+            "val_seconds": logs.get("val_seconds"),  # of the epoch-end validation, for the benchmarks
             "learning_rate": logs["learning_rate"],
             "images_per_second": images / seconds,
             "wall_time_s": time.perf_counter() - self.epoch_started,

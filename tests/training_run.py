@@ -3,6 +3,7 @@ test_train.py, test_evaluate.py and test_predict.py (training is the slow part o
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from segflow.config import TrainConfig
@@ -45,5 +46,14 @@ def trained_run(tmp_path_factory):
         from segflow.train import train
 
         _, records = synthetic_records(tmp_path_factory)
-        _made["run"] = train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _made["run"] = train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
+        _made["warnings"] = [str(warning.message) for warning in caught]
     return _made["run"]
+
+
+def training_warnings(tmp_path_factory) -> list[str]:
+    """The Python warnings raised while `trained_run` trained."""
+    trained_run(tmp_path_factory)
+    return _made["warnings"]
