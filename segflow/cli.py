@@ -58,6 +58,13 @@ def _source(ctx, param, value):
 @click.version_option(package_name="segflow")
 def cli():
     """Semantic segmentation on Cityscapes: data, models, training, evaluation, report."""
+    import os
+
+    # TensorFlow's C++ logging reads its level once, when TensorFlow loads: set it before any command
+    # (and every process it starts: convert workers, training children) imports TensorFlow, so its
+    # start-up INFO/WARNING lines (absl's "All log messages before absl::InitializeLog()", the CPU
+    # feature guard, oneDNN) are not printed. An explicit TF_CPP_MIN_LOG_LEVEL wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 # Commands are added below, one section per pipeline step, in pipeline order.

@@ -46,20 +46,27 @@ def model_input_size(model) -> tuple[int, int] | None:
     return (height, width) if height and width else None
 
 
-def make_predictor(model):
-    """A compiled function `(images [B, H, W, 3] normalised, output_size) -> trainIds [B, h, w]`:
-    images resized to the model's input size, logits resized to `output_size`, then argmax."""
+def make_predictor(model, *, compiled: bool = True):
+    """A function `(images [B, H, W, 3] normalised, output_size) -> trainIds [B, h, w]`: images
+    resized to the model's input size, logits resized to `output_size`, then argmax.
+
+    `compiled`: trace it into a graph once (for many batches). False runs it eagerly, for a few
+    images of each of several models (the report's samples), where tracing a graph per model
+    costs more than it saves and makes TensorFlow warn about frequent retracing.
+    """
     import tensorflow as tf
 
     input_size = model_input_size(model)
 
-    @tf.function(reduce_retracing=True)
     def predict(images, output_size):
         if input_size is not None:
             images = tf.image.resize(images, input_size, method="bilinear")
         logits = tf.cast(model(images, training=False), tf.float32)
         logits = tf.image.resize(logits, output_size, method="bilinear")
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    if compiled:
+        predict = tf.function(predict, reduce_retracing=True)
 
     def predict_train_ids(images, output_size=None):
         images = tf.convert_to_tensor(images, tf.float32)

@@ -393,6 +393,7 @@ def _fit(
             steps_per_epoch=steps_per_epoch - done_in_epoch,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # make_dataset shuffles; Keras' default True only warns for a Dataset
         )
         first_epoch += 1
     if first_epoch < config.epochs:
@@ -403,6 +404,7 @@ def _fit(
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # make_dataset shuffles; Keras' default True only warns for a Dataset
         )
 
 
@@ -520,6 +522,7 @@ class HistoryWriter(keras.callbacks.Callback):
             "loss": None if loss is None else float(loss),
             "val_miou": logs.get("val_miou"),
             "val_pixel_accuracy": logs.get("val_pixel_accuracy"),
+            "val_seconds": logs.get("val_seconds"),  # of the epoch-end validation, for the benchmarks
             "learning_rate": logs["learning_rate"],
             "images_per_second": images_per_second,
             "wall_time_s": wall_time_s,

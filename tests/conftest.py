@@ -94,8 +94,20 @@ def records(synthetic_dataset):
 
 
 @pytest.fixture(scope="session")
-def trained(records, tmp_path_factory):
-    """The TrainResult of `training_run.TINY_CONFIG` trained on `records`."""
+def trained_with_warnings(records, tmp_path_factory):
+    """(TrainResult of `training_run.TINY_CONFIG` trained on `records`, the warnings it raised)."""
     from training_run import trained_run
 
     return trained_run(records, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained(trained_with_warnings):
+    """The TrainResult of `training_run.TINY_CONFIG` trained on `records`."""
+    return trained_with_warnings[0]
+
+
+@pytest.fixture(scope="session")
+def training_warnings(trained_with_warnings):
+    """The Python warnings raised while `trained` trained."""
+    return trained_with_warnings[1]

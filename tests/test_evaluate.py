@@ -121,3 +121,58 @@ def test_a_missing_model_is_one_clear_error(synthetic_dataset, tmp_path):
     )
     assert result.exit_code == 1
     assert result.output.strip() == f"Error: model file {tmp_path / 'nope.keras'} does not exist"
+
+
+def test_eager_predictors_of_several_models_agree_with_compiled_ones_and_trace_nothing():
+    """The report predicts a few images with each of several models. A compiled predictor per
+    model traces a graph each time, and TensorFlow warns after five tracings of the same function
+    in its last ten calls; eager predictors give the same trainIds without tracing."""
+    import logging
+
+    import tensorflow as tf
+
+    from segflow import models
+    from segflow.evaluate import make_predictor
+
+    class Messages(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.texts = []
+
+        def emit(self, record):
+            self.texts.append(record.getMessage())
+
+    images = np.random.default_rng(0).normal(size=(1, 32, 64, 3)).astype(np.float32)
+    built = [models.build("icnet", input_shape=(32, 64, 3), width=0.125) for _ in range(5)]
+    messages = Messages()
+    tf.get_logger().addHandler(messages)
+    try:
+        compiled = [[make_predictor(model)(images, (32, 64)) for _ in range(2)] for model in built]
+        warned_compiled = [text for text in messages.texts if "retracing" in text]
+        messages.texts.clear()
+        eager = [[make_predictor(model, compiled=False)(images, (32, 64)) for _ in range(2)] for model in built]
+    finally:
+        tf.get_logger().removeHandler(messages)
+    assert warned_compiled, "the compiled predictors should trip TensorFlow's retracing warning"
+    assert not [text for text in messages.texts if "retracing" in text]
+    for compiled_runs, eager_runs in zip(compiled, eager):
+        assert eager_runs[0].shape == (1, 32, 64) and eager_runs[0].dtype == np.int32
+        assert np.mean(compiled_runs[0] == eager_runs[0]) > 0.999
+
+
+@pytest.mark.slow
+def test_the_cli_starts_tensorflow_without_its_start_up_log_lines(trained, dataset, tmp_path):
+    """TensorFlow prints absl's "All log messages before absl::InitializeLog()" warning and INFO
+    lines (CPU feature guard, oneDNN) when it loads, unless TF_CPP_MIN_LOG_LEVEL is set before
+    that: the `segflow` command sets it for itself and every process it starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "segflow", "evaluate", "--model", str(trained.model_path),
+               "--records", str(dataset[1]), "--out", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "absl::InitializeLog" not in result.stderr
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("I0000", "W0000"))], result.stderr

@@ -40,6 +40,7 @@ def test_a_few_dozen_steps_learn_far_beyond_an_untrained_or_constant_model(train
     assert [entry["epoch"] for entry in history] == [1, 2, 3, 4]
     assert [entry["step"] for entry in history] == [10, 20, 30, 40]
     assert all(entry["images_per_second"] > 0 and entry["wall_time_s"] > 0 for entry in history)
+    assert all(0 < entry["val_seconds"] < entry["wall_time_s"] for entry in history)
     assert history[-1]["loss"] < history[0]["loss"] - 0.5
 
     counts = _val_label_counts(records)
@@ -49,6 +50,14 @@ def test_a_few_dozen_steps_learn_far_beyond_an_untrained_or_constant_model(train
     assert history[-1]["val_miou"] > 0.08
     assert history[-1]["val_pixel_accuracy"] > majority_accuracy + 0.25
     assert trained.best_val_miou == max(entry["val_miou"] for entry in history)
+
+
+@pytest.mark.slow
+def test_training_raises_no_warning_about_its_own_arguments(training_warnings):
+    """Keras warns "`shuffle=True` was passed, but will be ignored" when `fit` gets a dataset with
+    its default shuffle=True; make_dataset shuffles, so `_fit` passes shuffle=False."""
+    caught = training_warnings
+    assert not [message for message in caught if "shuffle" in message], caught
 
 
 @pytest.mark.slow

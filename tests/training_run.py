@@ -3,6 +3,7 @@ makes each once per session (fixtures `synthetic_dataset`, `records`, `trained`)
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from segflow.config import TrainConfig
@@ -36,7 +37,11 @@ def synthetic_records(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def trained_run(records: Path, tmp_path_factory):
-    """The `segflow.train.TrainResult` of TINY_CONFIG trained on `records`."""
+    """The `segflow.train.TrainResult` of TINY_CONFIG trained on `records`, and the Python
+    warnings raised while it trained."""
     from segflow.train import train
 
-    return train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(TINY_CONFIG, records, tmp_path_factory.mktemp("run"), verbose=0)
+    return result, [str(warning.message) for warning in caught]

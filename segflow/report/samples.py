@@ -131,7 +131,7 @@ def _predict(arch: ArchitectureResult, examples: list[tuple], fetch_model) -> li
         model = load_model(fetch_model(arch.model_uri))
     except SegflowError as error:
         return [f"no prediction: {error}"] * len(examples)
-    predictor = make_predictor(model)
+    predictor = make_predictor(model, compiled=False)  # a few images: no graph to trace
     return [predictor(images, tuple(label.shape))[0] for _, _, label, images in examples]
 
 
