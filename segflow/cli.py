@@ -315,7 +315,7 @@ def _check_records(records: Path, splits: tuple[str, ...]) -> None:
 
 # --- predict -------------------------------------------------------------------------------
 @cli.command()
-@click.option("--model", required=True, type=click.Path(path_type=Path), help="model.keras (or its run folder).")
+@click.option("--model", required=True, type=click.Path(path_type=Path), help="model.keras (or its run folder), or an exported saved_model/ folder.")
 @click.option("--images", required=True, help="Folder of images (searched recursively) or a glob pattern.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--format", "output_format", default="labelIds", show_default=True,

@@ -63,7 +63,12 @@ def predict_images(
     format: Format = "labelIds",
     batch_size: int = 4,
 ) -> list[Path]:
-    """Predict every image of `images` (folder or glob) with the model; return the written paths."""
+    """Predict every image of `images` (folder or glob) with the model; return the written paths.
+
+    `model_path`: a `model.keras` (or the run folder holding it), or an exported SavedModel folder
+    (`saved_model/`, holding `saved_model.pb`), which is run through its `serving_default`
+    signature: uint8 images in, trainIds out, segflow's preprocessing inside (`segflow.serving`).
+    """
     from segflow.evaluate import load_model, make_predictor
 
     if batch_size < 1:
@@ -75,17 +80,39 @@ def predict_images(
     outputs = check_outputs(paths, images, out_dir, format)
     for path in paths:
         check_image(path)
-    model = load_model(model_path)
-    predictor = make_predictor(model)
+    if is_saved_model(model_path):
+        predict_train_ids = _serving_predictor(model_path)
+    else:
+        predictor = make_predictor(load_model(model_path))
+
+        def predict_train_ids(pixels):
+            return predictor(normalize(pixels), pixels.shape[1:3])
+
     out_dir.mkdir(parents=True, exist_ok=True)
 
     written = []
     for batch_paths in _batches_of_same_size(paths, batch_size):
         pixels = np.stack([read_rgb(path) for path in batch_paths])
-        train_ids = predictor(normalize(pixels), pixels.shape[1:3]).astype(np.uint8)
+        train_ids = predict_train_ids(pixels).astype(np.uint8)
         for path, rgb, prediction in zip(batch_paths, pixels, train_ids):
             written.append(_write_png(render(prediction, rgb, format), outputs[path]))
     return written
+
+
+def is_saved_model(path: str | os.PathLike) -> bool:
+    """True for a SavedModel folder (it holds `saved_model.pb`)."""
+    return (Path(path) / "saved_model.pb").is_file()
+
+
+def _serving_predictor(path: str | os.PathLike):
+    """`pixels uint8 [B, H, W, 3] -> trainIds [B, H, W]` through a SavedModel's serving signature."""
+    import tensorflow as tf
+
+    try:
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    except (OSError, ValueError, KeyError) as error:
+        raise SegflowError(f"{path} is not a SavedModel exported by segflow train (no serving_default): {error}") from None
+    return lambda pixels: signature(images=tf.constant(pixels, tf.uint8))["train_ids"].numpy()
 
 
 def output_name(path: Path, format: Format) -> str:

@@ -96,3 +96,9 @@ def test_the_saved_model_serves_uint8_images_of_any_size_like_segflow_predict(ru
 
     np.testing.assert_array_equal(TRAIN_ID_TO_LABEL_ID[np.load(tmp_path / "train_ids.npy")], served)
     assert len(np.unique(served)) > 1  # a real prediction, not one class everywhere
+
+    # `segflow predict` on the SavedModel itself gives the same labelIds as on model.keras.
+    result = CliRunner().invoke(cli, ["predict", "--model", str(out / "saved_model"), "--images", str(image_path.parent),
+                                      "--out", str(tmp_path / "from-saved-model"), "--format", "labelIds"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "from-saved-model" / source.name)), expected)
