@@ -21,6 +21,7 @@ from prefect.schedules import Cron
 from flows.pipeline import cityscapes_pipeline
 from flows.train_architecture import train_architecture_flow
 from segflow.config import PipelineParams, demo_params
+from segflow.errors import SegflowError
 
 SCALE_OUT_PLAN = Path(__file__).resolve().parents[1] / "infra" / "scale-out.yaml"
 
@@ -73,26 +74,78 @@ def serve_deployments(params: PipelineParams | None = None, *, schedule: bool = 
     serve(*deployments(params, schedule=schedule), limit=limit)
 
 
-def deploy_to_work_pools(image: str, plan_path: Path = SCALE_OUT_PLAN, params: PipelineParams | None = None) -> list:
+POOL_TYPES = ("process", "docker", "kubernetes")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_ENTRYPOINT = "flows/pipeline.py:cityscapes_pipeline"
+TRAINING_ENTRYPOINT = "flows/train_architecture.py:train_architecture_flow"
+
+
+def work_pool_names(plan: dict, pool_type: str) -> tuple[str, str]:
+    """(CPU pool, GPU pool) of `plan` for `pool_type`: the Kubernetes GPU pool for `kubernetes`,
+    else the Docker pools' names, which `process` pools of a one-machine trial take over."""
+    gpu_pool = plan["training"]["work_pool"]
+    if pool_type == "kubernetes":
+        gpu_pool = next(name for name, pool in plan["work_pools"].items() if pool["type"] == "kubernetes")
+    return plan["pipeline"]["work_pool"], gpu_pool
+
+
+def deploy_to_work_pools(
+    image: str | None,
+    plan_path: Path = SCALE_OUT_PLAN,
+    params: PipelineParams | None = None,
+    *,
+    pool_type: str = "docker",
+    cpu_pool: str | None = None,
+    gpu_pool: str | None = None,
+) -> list:
     """Register the scale-out layout of `infra/scale-out.yaml` on the Prefect server: the pipeline
     (with its nightly schedule) on the CPU pool, and one `train-architecture` deployment per
-    architecture on the GPU pool, which the pipeline starts with `run_deployment`. `image` is the
-    worker image built from docker/Dockerfile (already pushed where the workers can pull it).
+    architecture on the GPU pool, which the pipeline starts with `run_deployment`.
+
+    `pool_type` (POOL_TYPES): `docker` uses the plan's Docker pools, `kubernetes` its Kubernetes
+    GPU pool (the pipeline stays on the Docker CPU pool); both run `image` (built from
+    docker/Dockerfile, already pushed where the workers can pull it). `process` pools (of the
+    Docker pools' names unless given) run the flows
+    from this project's folder on the workers' machine (no image: the one-machine trial). Entry
+    points, names and parameters are the same for all three. `cpu_pool`/`gpu_pool` replace the
+    plan's pool names. Returns the deployment ids, the trainings' first.
+
+    Raises SegflowError, before registering anything, for an unknown pool type, a missing or
+    unexpected image, or a pool that does not exist or is of another type.
     """
     import yaml
+    from prefect import Flow
 
+    if pool_type not in POOL_TYPES:
+        raise SegflowError(f"pool type must be one of {', '.join(POOL_TYPES)}; got {pool_type!r}")
+    if pool_type != "process" and not image:
+        raise SegflowError(f"--image is required for {pool_type} pools (the worker image built from docker/Dockerfile)")
+    if pool_type == "process" and image:
+        raise SegflowError(f"--image {image!r} does not apply to process pools: they run the flows from {PROJECT_ROOT}")
     plan = yaml.safe_load(plan_path.read_text())
+    planned = dict(zip(("cpu", "gpu"), work_pool_names(plan, pool_type)))
+    pools = {"cpu": cpu_pool or planned["cpu"], "gpu": gpu_pool or planned["gpu"]}
+    _check_pools({
+        pools[role]: "process" if pool_type == "process" else plan["work_pools"][planned[role]]["type"] for role in pools
+    })
     training = plan["training"]
+
+    def register(flow, entrypoint: str, **options) -> str:
+        # Without an image a worker needs to know where the code is: this project's folder.
+        # `to_deployment(...).apply(image=...)` is what `flow.deploy(build=False, push=False)`
+        # does, without its check for online workers, which Prefect 3.8.8's client sends with
+        # limit/offset null and its own server refuses (422).
+        source = flow if image else Flow.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint)
+        return source.to_deployment(**options).apply(image=image)
+
     deployment_ids = [
-        train_architecture_flow.deploy(
+        register(
+            train_architecture_flow,
+            TRAINING_ENTRYPOINT,
             name=spec["name"],
-            work_pool_name=training["work_pool"],
-            image=image,
-            build=False,
-            push=False,
+            work_pool_name=pools["gpu"],
             job_variables=spec.get("job_variables") or {},
             tags=["segflow", "gpu", architecture],
-            print_next_steps=False,
         )
         for architecture, spec in training["deployments"].items()
     ]
@@ -103,16 +156,31 @@ def deploy_to_work_pools(image: str, plan_path: Path = SCALE_OUT_PLAN, params: P
         }
     )
     deployment_ids.append(
-        cityscapes_pipeline.deploy(
+        register(
+            cityscapes_pipeline,
+            PIPELINE_ENTRYPOINT,
             name=plan["pipeline"]["deployment"],
-            work_pool_name=plan["pipeline"]["work_pool"],
-            image=image,
-            build=False,
-            push=False,
+            work_pool_name=pools["cpu"],
             parameters={"params": params.model_dump(mode="json")},
             schedules=[nightly_schedule()],
             tags=["segflow", "nightly"],
-            print_next_steps=False,
         )
     )
     return deployment_ids
+
+
+def _check_pools(expected: dict[str, str]) -> None:
+    """Raise SegflowError unless each named work pool exists on the server with its type."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name, pool_type in expected.items():
+            try:
+                pool = client.read_work_pool(name)
+            except ObjectNotFound:
+                raise SegflowError(
+                    f"work pool {name!r} does not exist; create it: prefect work-pool create {name} --type {pool_type}"
+                ) from None
+            if pool.type != pool_type:
+                raise SegflowError(f"work pool {name!r} is of type {pool.type!r}, not {pool_type!r}")
