@@ -79,6 +79,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_ENTRYPOINT = "flows/pipeline.py:cityscapes_pipeline"
 TRAINING_ENTRYPOINT = "flows/train_architecture.py:train_architecture_flow"
 
+# A training flow run whose worker died says nothing more: it sends a heartbeat event every
+# HEARTBEAT_SECONDS (Prefect's minimum, 30 s; its default 180 s), and the automation
+# CRASH_AUTOMATION marks it Crashed when none came for SILENCE_SECONDS (three missed heartbeats).
+# The pipeline's `train_on_deployment` task then starts the deployment again, on any worker of the
+# GPU pool, and the training resumes from the checkpoints in the store (tasks/remote.py).
+HEARTBEAT_SECONDS = 30
+SILENCE_SECONDS = 90
+CRASH_AUTOMATION = "segflow: crash silent trainings"
+
 
 def work_pool_names(plan: dict, pool_type: str) -> tuple[str, str]:
     """(CPU pool, GPU pool) of `plan` for `pool_type`: the Kubernetes GPU pool for `kubernetes`,
@@ -144,7 +153,7 @@ def deploy_to_work_pools(
             TRAINING_ENTRYPOINT,
             name=spec["name"],
             work_pool_name=pools["gpu"],
-            job_variables=spec.get("job_variables") or {},
+            job_variables=_with_heartbeat(spec.get("job_variables") or {}),
             tags=["segflow", "gpu", architecture],
         )
         for architecture, spec in training["deployments"].items()
@@ -166,7 +175,48 @@ def deploy_to_work_pools(
             tags=["segflow", "nightly"],
         )
     )
+    register_crash_automation()
     return deployment_ids
+
+
+def _with_heartbeat(job_variables: dict) -> dict:
+    env = {**job_variables.get("env", {}), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
+    return {**job_variables, "env": env}
+
+
+def register_crash_automation() -> None:
+    """Create (or replace) CRASH_AUTOMATION: a `train-architecture` flow run that sent a heartbeat
+    and then neither another one nor a final state within SILENCE_SECONDS becomes Crashed.
+    Prefect's documented pattern for flow runs whose infrastructure vanished; needs the server's
+    triggers service (on by default)."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    with get_client(sync_client=True) as client:
+        for old in client.read_automations_by_name(CRASH_AUTOMATION):
+            client.delete_automation(old.id)
+    Automation(
+        name=CRASH_AUTOMATION,
+        description="A training whose worker died sends no more heartbeats: mark it Crashed so the pipeline starts it again.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "train-architecture"},
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},  # fmt: skip
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=SILENCE_SECONDS),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, name="Crashed",
+                                    message=f"no heartbeat for {SILENCE_SECONDS} s: its worker is gone")],  # fmt: skip
+    ).create()
 
 
 def _check_pools(expected: dict[str, str]) -> None:
