@@ -221,8 +221,8 @@ def wait_until(condition, timeout_s: float, what: str, logs) -> None:
 @pytest.mark.slow
 def test_a_lost_gpu_worker_s_trainings_resume_on_another_from_the_store(prefect_api, s3_bucket, s3_endpoint, tmp_path):
     """SIGKILL the process group of the GPU worker running both trainings once each has a
-    checkpoint in the store (its local disk is gone too): the automation `segflow deploy`
-    registered marks the silent flow runs Crashed, the pipeline starts the deployments again, the
+    checkpoint in the store (its local disk is gone too): Prefect marks its flow runs Crashed
+    (their processes lose the worker's control channel), the pipeline starts the deployments again, the
     second GPU worker runs them, each resumes from its stored checkpoint and ends after as many
     optimizer steps as an uninterrupted run; the pipeline ends Completed."""
     api, prefect_env = prefect_api
@@ -258,6 +258,11 @@ def test_a_lost_gpu_worker_s_trainings_resume_on_another_from_the_store(prefect_
             stored_before = {run_id: stored_checkpoints(out_uris[run_id])[-1] for run_id in killed}
             os.killpg(lost.pid, signal.SIGKILL)
             lost.wait()
+            # Each flow run process (its own session) loses its worker's control channel and
+            # reports Crashed as it exits; its training child dies with it (PR_SET_PDEATHSIG).
+            crashed = lambda: all(api_json(f"{api}/flow_runs/{run_id}")["state_type"] == "CRASHED" for run_id in killed)  # noqa: E731
+            wait_until(crashed, 300, "the lost worker's flow runs Crashed", logs)
+            time.sleep(2)
             for run_id in killed:  # the lost machine's disk: only the store is left
                 shutil.rmtree(work / "remote" / hashlib.sha256(out_uris[run_id].encode()).hexdigest()[:16])
             finished = wait_for_flow_run(api, pipeline["id"], timeout_s=900, log_path=spare_log)
