@@ -485,15 +485,22 @@ def models():
 
 
 @cli.command()
-@click.option("--image", required=True, help="Worker image built from docker/Dockerfile, pullable by the workers.")
-def deploy(image):
+@click.option("--pool-type", type=click.Choice(["process", "docker", "kubernetes"]), default="docker", show_default=True,
+              help="process: run the flows from this project's folder (a one-machine trial); docker/kubernetes: run --image.")  # fmt: skip
+@click.option("--image", help="Worker image built from docker/Dockerfile, pullable by the workers (docker/kubernetes pools).")
+@click.option("--cpu-pool", help="The pipeline's work pool (default: infra/scale-out.yaml's).")
+@click.option("--gpu-pool", help="The trainings' work pool (default: infra/scale-out.yaml's for the pool type).")
+def deploy(pool_type, image, cpu_pool, gpu_pool):
     """Register the scale-out deployments of infra/scale-out.yaml on the Prefect server: the pipeline
-    (nightly) on the CPU pool and one training deployment per architecture on the GPU pool.
+    (nightly) on the CPU pool and one training deployment per architecture on the GPU pool. The
+    pools must exist with the pool type; see infra/README.md.
 
     Example: PREFECT_API_URL=http://prefect:4200/api segflow deploy --image registry.example.com/segflow:0.1.0
+
+    Example (one machine): PREFECT_API_URL=http://127.0.0.1:4200/api segflow deploy --pool-type process
     """
     _prefect_defaults()
     from flows.deploy import deploy_to_work_pools
 
-    for deployment_id in deploy_to_work_pools(image):
+    for deployment_id in deploy_to_work_pools(image, pool_type=pool_type, cpu_pool=cpu_pool, gpu_pool=gpu_pool):
         click.echo(str(deployment_id))

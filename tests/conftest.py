@@ -48,9 +48,10 @@ def prefect_api(tmp_path_factory):
     yields (api_url, env), env being the environment for processes that talk to it.
 
     Of the background services only those that record what runs report run: the task-run
-    recorder (task runs reach the server as events) and the event persister. No scheduler, so a
-    deployment's schedule never fires during the tests; a served runner polls for the runs
-    created through the API itself.
+    recorder (task runs reach the server as events) and the event persister, and those a lost
+    worker needs (tests/test_scale_out.py): the triggers of automations and the repossessor, which
+    frees the concurrency slots of a killed holder. No scheduler, so a deployment's schedule never
+    fires during the tests; a served runner polls for the runs created through the API itself.
     """
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
@@ -62,8 +63,8 @@ def prefect_api(tmp_path_factory):
         PREFECT_LOGGING_LEVEL="WARNING",
         PREFECT_UI_API_URL=api,  # the UI's pages call this, not the default port 4200
     )
-    for service in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
-                    "CLEANUP_RECONCILER", "TRIGGERS"):  # fmt: skip
+    for service in ("SCHEDULER", "LATE_RUNS", "FOREMAN", "CANCELLATION_CLEANUP", "PAUSE_EXPIRATIONS",
+                    "CLEANUP_RECONCILER"):  # fmt: skip
         env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
     server = subprocess.Popen(
         [tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
