@@ -161,7 +161,7 @@ def test_eager_predictors_of_several_models_agree_with_compiled_ones_and_trace_n
 
 
 @pytest.mark.slow
-def test_the_cli_starts_tensorflow_without_its_start_up_log_lines(trained, dataset, tmp_path):
+def test_the_cli_starts_tensorflow_without_its_start_up_log_lines(trained, synthetic_dataset, tmp_path):
     """TensorFlow prints absl's "All log messages before absl::InitializeLog()" warning and INFO
     lines (CPU feature guard, oneDNN) when it loads, unless TF_CPP_MIN_LOG_LEVEL is set before
     that: the `segflow` command sets it for itself and every process it starts."""
@@ -171,7 +171,7 @@ def test_the_cli_starts_tensorflow_without_its_start_up_log_lines(trained, datas
 
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     command = [sys.executable, "-m", "segflow", "evaluate", "--model", str(trained.model_path),
-               "--records", str(dataset[1]), "--out", str(tmp_path)]  # fmt: skip
+               "--records", str(synthetic_dataset[1]), "--out", str(tmp_path)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "absl::InitializeLog" not in result.stderr
