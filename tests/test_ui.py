@@ -96,12 +96,12 @@ def test_run_started_from_the_ui_form_completes_with_its_parameters(prefect_api,
             page.screenshot(path=screenshots / "2-submitted.png")
 
             flow_run = wait_for_flow_run(api, flow_run_id, timeout_s=200, log_path=log)
-            task_runs(api, flow_run_id, count=8)  # recorded from events, a moment later
+            task_runs(api, flow_run_id, count=10)  # recorded from events, a moment later
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             # The run's page: its state, its task runs (the graph) and their logs.
-            expect(page.get_by_text("8 Task runs")).to_be_visible()
+            expect(page.get_by_text("10 Task runs")).to_be_visible()
             expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
-            expect(page.get_by_text("train unet").first).to_be_visible()
+            expect(page.get_by_text("train and evaluate unet").first).to_be_visible()
             page.screenshot(path=screenshots / "3-completed.png")
         except Exception:
             screenshots.mkdir(exist_ok=True)
