@@ -223,15 +223,15 @@ def test_train_and_evaluate_refuse_an_output_among_what_they_read(records, tmp_p
 
 
 @pytest.mark.slow
-def test_a_cached_convert_step_reruns_when_its_records_no_longer_verify(dataset, tmp_path):
+def test_the_convert_step_reruns_when_its_records_no_longer_verify(dataset, tmp_path):
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.data import get_records
+    from tasks.data import convert_records
 
     @flow
     def records_flow(data_root: str, records_dir: str) -> str:
-        return get_records(data_root, records_dir)
+        return convert_records(data_root, records_dir)
 
     out = tmp_path / "records"
     with prefect_test_harness(server_startup_timeout=180):

@@ -57,7 +57,7 @@ def test_train_options_parse_into_the_settings():
     args = ["--records", "r", "--out", "o", "--arch", "icnet", "--recipe", "cityscapes", "--lr", "0.02",
             "--image-size", "1024x2048", "--scale-range", "0.75", "1.5", "--no-ohem", "--batch-size", "2"]
     values = command.make_context("train", args).params
-    for key in ("records", "out", "quiet", "config_file"):
+    for key in ("records", "out", "work_dir", "quiet", "evaluate", "config_file"):  # not training settings
         values.pop(key)
     config = train_config(**values)
     assert (config.learning_rate, config.scale_range, config.ohem, config.batch_size) == (0.02, (0.75, 1.5), False, 2)
