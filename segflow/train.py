@@ -539,11 +539,15 @@ class HistoryWriter(keras.callbacks.Callback):
 
 def progress_line(entry: dict, epochs: int) -> str:
     """One history entry as the line a person follows: epoch, loss, val mIoU, images/s, ETA."""
-    loss = "n/a" if entry["loss"] is None else f"{entry['loss']:.4f}"
-    miou = "n/a" if entry["val_miou"] is None else f"{entry['val_miou']:.4f}"
-    eta = round((epochs - entry["epoch"]) * entry["wall_time_s"])
-    return (f"epoch {entry['epoch']}/{epochs}: loss {loss}, val mIoU {miou}, "
-            f"{entry['images_per_second']:.1f} images/s, ETA {eta} s")  # fmt: skip
+    def number(value, form: str, unit: str = "") -> str:
+        return "n/a" if value is None else f"{value:{form}}{unit}"
+
+    # An epoch whose end was only completed after a kill (no steps this session) has no speed.
+    seconds = entry["wall_time_s"]
+    eta = None if seconds is None else round((epochs - entry["epoch"]) * seconds)
+    return (f"epoch {entry['epoch']}/{epochs}: loss {number(entry['loss'], '.4f')}, "
+            f"val mIoU {number(entry['val_miou'], '.4f')}, {number(entry['images_per_second'], '.1f', ' images/s')}, "
+            f"ETA {number(eta, 'd', ' s')}")  # fmt: skip
 
 
 class StepCheckpointer(keras.callbacks.Callback):

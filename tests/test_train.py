@@ -295,6 +295,9 @@ def test_the_progress_line_says_epoch_loss_val_miou_speed_and_eta():
     entry = {"epoch": 2, "loss": 0.61384, "val_miou": 0.26789, "images_per_second": 211.34, "wall_time_s": 40.2}
     assert progress_line(entry, 6) == "epoch 2/6: loss 0.6138, val mIoU 0.2679, 211.3 images/s, ETA 161 s"
     assert progress_line({**entry, "loss": None, "val_miou": None}, 2).startswith("epoch 2/2: loss n/a, val mIoU n/a")
+    # An epoch end completed after a kill: no steps this session, so no speed and no ETA.
+    resumed = {**entry, "images_per_second": None, "wall_time_s": None}
+    assert progress_line(resumed, 6) == "epoch 2/6: loss 0.6138, val mIoU 0.2679, n/a, ETA n/a"
 
 
 def test_relay_passes_complete_lines_once_and_keeps_a_partial_line(tmp_path):
