@@ -12,10 +12,9 @@ import platform
 import re
 import shutil
 import subprocess
-import urllib.parse
 from pathlib import Path
 
-from segflow import __version__, atomic
+from segflow import __version__, atomic, uris
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UNFINISHED_PREFIX = ".unfinished-"
@@ -70,14 +69,6 @@ def _gpus() -> list[str]:
 # === run.json and the run id ===
 
 
-def redact(text: str) -> str:
-    """A URL without any `user:password@` part, safe to store and log."""
-    parts = urllib.parse.urlsplit(text)
-    if parts.password or parts.username:
-        return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-    return text
-
-
 def records_fingerprint(records_dir: str | os.PathLike) -> str | None:
     """The fingerprint in a records folder's `manifest.json` (None without one)."""
     try:
@@ -105,9 +96,9 @@ def run_record(
     return {
         "run_id": run_id,
         "flow_run_id": flow_run_id,
-        "parameters": {**parameters, "source": redact(parameters["source"])},
+        "parameters": {**parameters, "source": uris.redact(parameters["source"])},
         "data": {
-            "source": redact(parameters["source"]),
+            "source": uris.redact(parameters["source"]),
             "synthetic": parameters["source"] == "synthetic",
             "data_root": str(data_root),
             "records_dir": str(records_dir),
