@@ -24,7 +24,6 @@ does not keep modification times (`cp` without `-p`) only causes one needless re
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import hashlib
 import io
@@ -34,7 +33,6 @@ import math
 import multiprocessing
 import os
 import re
-import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,12 +318,11 @@ def _run(tasks: list[_ShardTask], workers: int | None, progress: bool) -> list[_
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Worker initializer: have Linux SIGKILL this worker when its parent dies (prctl
-    PR_SET_PDEATHSIG, linux/prctl.h: 1), and exit now if the parent is already gone."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the pool's own EOF handling remains
-        pass
+    """Worker initializer: have Linux SIGKILL this worker when its parent dies
+    (`lifeline.die_with_parent`), and exit now if the parent is already gone."""
+    from segflow.lifeline import die_with_parent
+
+    die_with_parent()
     if os.getppid() != parent_pid:
         os._exit(1)
 

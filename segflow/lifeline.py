@@ -10,6 +10,7 @@ command is gone, sends SIGKILL to each of them that still runs, then exits.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -73,3 +74,21 @@ def _watch(pid: int, poll_seconds: float) -> None:
 
 if __name__ == "__main__":
     _watch(int(sys.argv[1]), float(sys.argv[2]))
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)  # loaded here, never between fork and exec
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a child (between fork and exec, or a pool worker's initializer): get SIGKILL when the
+    parent (thread) goes away. Linux only; elsewhere a child may outlive a killed parent."""
+    if _LIBC is not None and hasattr(_LIBC, "prctl"):
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -13,7 +13,6 @@ exits (PR_SET_PDEATHSIG), so a killed orchestrator leaves no training behind.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Callable
 from segflow import gpus
 from segflow.config import TrainConfig
 from segflow.errors import SegflowError
+from segflow.lifeline import die_with_parent
 from segflow.run_files import CHECKPOINT_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE
 
 REQUEST_FILE = "requested-config.json"
@@ -34,7 +34,6 @@ LOG_FILE = "train.log"
 PID_FILE = "train.pid"
 LOG_TAIL_LINES = 15
 SMALL_METRICS = ("miou", "category_miou", "pixel_accuracy", "num_images")
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class TrainingInterrupted(RuntimeError):
@@ -128,22 +127,6 @@ def _relay(log_path: Path, offset: int, on_output: Callable[[str], None] | None)
         if line.strip():
             on_output(line)
     return offset + complete
-
-
-def _libc():
-    try:
-        return ctypes.CDLL(None, use_errno=True)  # loaded here, never between fork and exec
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def die_with_parent() -> None:
-    """In a child between fork and exec: get SIGKILL when the parent (thread) goes away."""
-    if _LIBC is not None and hasattr(_LIBC, "prctl"):  # Linux; elsewhere a child may outlive a killed parent
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def checkpoint_step(out_dir: str | os.PathLike) -> int:

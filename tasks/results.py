@@ -15,7 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from segflow import champion, run_files, storage
 from segflow.errors import SegflowError
-from segflow.train_process import die_with_parent
+from segflow.lifeline import die_with_parent
 
 
 @task(task_run_name="decide champion: {architecture}")
