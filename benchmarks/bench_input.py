@@ -23,7 +23,7 @@ shown too. Rows take turns in three rounds and the best round counts. Ratios are
 Then the supply/demand table: supply = per-core rate × `--cores`; demand = the images/s that
 `--gpus` H100s train at 40 % of their dense bf16 peak (989 TFLOP/s, NVIDIA H100 datasheet) when
 a training step costs 3 × the forward GFLOPs at 512x1024 (`segflow.models.complexity`), i.e.
-`segflow.data.gpu_demand`.
+`segflow.input_pipeline.gpu_demand`.
 
     .venv/bin/python benchmarks/bench_input.py --quick [--cores 16] [--gpus 1]
 """
@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from segflow import augment, data  # noqa: E402
+from segflow import augment, input_pipeline  # noqa: E402
 from segflow.models.complexity import summarize_architectures  # noqa: E402
 from segflow.records import decode_example  # noqa: E402
 
@@ -64,24 +64,24 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_input_") as scratch:
         records_dir = Path(args.records) if args.records else make_records(Path(scratch), num_images)
-        files = data.list_shards(records_dir, "train")
+        files = input_pipeline.list_shards(records_dir, "train")
         print(f"records: {records_dir} ({len(files)} train shards); crops {CROP_SIZE[0]}x{CROP_SIZE[1]}")
         print(f"timing {num_timed} examples per row in 3 alternating rounds after untimed warm-up batches\n")
 
         def train(photometric=True, cache_decoded="off"):
-            return data.make_dataset(
+            return input_pipeline.make_dataset(
                 records_dir, "train", training=True, batch_size=2, crop_size=CROP_SIZE,
                 photometric=photometric, cache_decoded=cache_decoded,
             )
 
         # Decode once: warm up with a whole epoch, so that timing starts with the cache full.
-        epoch_batches = data.count_examples(records_dir, "train") // 2 + 1
+        epoch_batches = input_pipeline.count_examples(records_dir, "train") // 2 + 1
 
         rows = {
             "read": one_core(tf.data.TFRecordDataset(files).repeat().batch(2)),
             "decode": one_core(decoded(files)),
             "eval (full resolution)": one_core(
-                data.make_dataset(records_dir, "train", training=False, batch_size=2, repeat=True)
+                input_pipeline.make_dataset(records_dir, "train", training=False, batch_size=2, repeat=True)
             ),
             "train": one_core(train()),
             "train, decode once": (one_core(train(cache_decoded="on")), epoch_batches),
@@ -117,7 +117,7 @@ def main() -> None:
     print(f"  supply, decode once:       {decode_once * args.cores:8.0f} img/s  ({decode_once:.1f} per core)")
     print(f"  {'architecture':14s} {'fwd GFLOPs':>10s} {'demand img/s':>12s} {'today':>12s} {'decode once':>12s}")
     for row in summarize_architectures(input_shape=(*CROP_SIZE, 3)):
-        demand = data.gpu_demand(row["gflops"], args.gpus)
+        demand = input_pipeline.gpu_demand(row["gflops"], args.gpus)
         verdicts = ["ok" if rate * args.cores >= demand else "INPUT-BOUND" for rate in (today, decode_once)]
         print(f"  {row['name']:14s} {row['gflops']:10.1f} {demand:12.0f} {verdicts[0]:>12s} {verdicts[1]:>12s}")
     print(f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")

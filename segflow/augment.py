@@ -4,7 +4,7 @@
 flip, photometric jitter; it also takes already decoded uint8 tensors, e.g. from a cache);
 `parse_eval` only decodes and normalises, so evaluation sees every pixel of the stored label.
 Both are pure functions of their inputs (randomness comes from an explicit stateless seed), which
-is what makes `segflow.data.make_dataset` reproducible. As in TF Model Garden's segmentation
+is what makes `segflow.input_pipeline.make_dataset` reproducible. As in TF Model Garden's segmentation
 parser, the image and the label always move together and labels are resized `nearest`.
 
 Outputs, for both functions:

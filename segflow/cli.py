@@ -421,7 +421,7 @@ def demo(out_dir, architectures, results_uri):
     if architectures:
         overrides["architectures"] = list(architectures)
     params = demo_params(**overrides)
-    from flows.pipeline import cityscapes_pipeline
+    from segflow_prefect.flows.pipeline import cityscapes_pipeline
 
     if not os.environ.get("PREFECT_API_URL"):
         click.echo("starting a temporary Prefect server for this run (the first start creates its database: ~20-30 s)")
@@ -461,7 +461,7 @@ def serve(no_schedule, limit):
     Example: PREFECT_API_URL=http://127.0.0.1:4200/api segflow serve
     """
     _prefect_defaults()
-    from flows.deploy import serve_deployments
+    from segflow_prefect.flows.deploy import serve_deployments
 
     serve_deployments(schedule=not no_schedule, limit=limit)
 
@@ -500,7 +500,7 @@ def deploy(pool_type, image, cpu_pool, gpu_pool):
     Example (one machine): PREFECT_API_URL=http://127.0.0.1:4200/api segflow deploy --pool-type process
     """
     _prefect_defaults()
-    from flows.deploy import deploy_to_work_pools
+    from segflow_prefect.flows.deploy import deploy_to_work_pools
 
     for deployment_id in deploy_to_work_pools(image, pool_type=pool_type, cpu_pool=cpu_pool, gpu_pool=gpu_pool):
         click.echo(str(deployment_id))

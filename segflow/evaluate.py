@@ -126,7 +126,7 @@ def evaluate_model(
     `evaluated_size`, `params`, `gflops` (per image at the model's input size; convolutions and
     dense layers, 2 FLOPs per multiply-add).
     """
-    from segflow import data
+    from segflow import input_pipeline
     from segflow.metrics import ConfusionMatrix, summarize, write_metrics
     from segflow.models.complexity import gflops
 
@@ -134,7 +134,7 @@ def evaluate_model(
         raise SegflowError(f"records folder {records_dir} does not exist")
     _check_ground_truth(records_dir, split)
     model = load_model(model_path)
-    dataset = data.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
+    dataset = input_pipeline.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
     predictor = make_predictor(model)
 
     matrix, num_images, model_seconds, batch_rates = ConfusionMatrix(), 0, 0.0, []

@@ -100,7 +100,7 @@ def train(
     weights that are not finite (the run stops at that step, keeping the checkpoints before it,
     and exports nothing); a full disk.
     """
-    from segflow import data, run_sync
+    from segflow import input_pipeline, run_sync
 
     records_dir = Path(records_dir)
     if not records_dir.is_dir():
@@ -116,7 +116,7 @@ def train(
         check_backbone_weights(config.backbone_weights)
     _check_same_run(config, out_dir / CONFIG_FILE, resuming=latest is not None)
 
-    num_train = data.count_examples(records_dir, "train")
+    num_train = input_pipeline.count_examples(records_dir, "train")
     steps_per_epoch = config.steps_per_epoch or num_train // config.batch_size
     if steps_per_epoch < 1:
         raise SegflowError(f"{records_dir} has {num_train} train examples, fewer than one batch of {config.batch_size}")
@@ -140,7 +140,7 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
-    print(data.startup_line(config, records_dir, model), flush=True)
+    print(input_pipeline.startup_line(config, records_dir, model), flush=True)
     try:
         if sync:
             sync.start()
@@ -330,7 +330,7 @@ def _fit(
     """Run the remaining steps: first the epoch-end work of an epoch whose last step was
     checkpointed but whose validation or history entry was not (a kill at an epoch boundary),
     then the rest of an interrupted epoch, then the whole epochs."""
-    from segflow import data
+    from segflow import input_pipeline
 
     total_steps = steps_per_epoch * config.epochs
     first_epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
@@ -342,7 +342,7 @@ def _fit(
     def train_data(first_step: int):
         """The augmented stream from `first_step` on: seeded by it, so the batches of a resumed
         run differ from those it already trained on."""
-        batches = data.make_dataset(
+        batches = input_pipeline.make_dataset(
             records_dir,
             split="train",
             training=True,
@@ -357,7 +357,7 @@ def _fit(
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))
         return batches
 
-    val_data = data.make_dataset(
+    val_data = input_pipeline.make_dataset(
         records_dir,
         split="val",
         training=False,

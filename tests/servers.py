@@ -95,7 +95,7 @@ def serving(api: str, env: dict, log_path: Path, *options: str, timeout_s: float
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [tool("segflow"), "serve", *options],
-            cwd=REPO,  # the deployments' entrypoint, flows/pipeline.py, is relative to it
+            cwd=REPO,  # the deployments' entrypoint, segflow_prefect/flows/pipeline.py, is relative to it
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -36,7 +36,7 @@ def test_segflow_library_never_imports_the_orchestrator():
         f"{path.relative_to(ROOT)}: {name}"
         for path in (ROOT / "segflow").rglob("*.py")
         for name in _imported_modules(path)
-        if name.split(".")[0] in ("flows", "tasks") and path != ENTRY_POINT or name.split(".")[0] == "prefect"
+        if name.split(".")[0] == "segflow_prefect" and path != ENTRY_POINT or name.split(".")[0] == "prefect"
     ]
     assert offenders == []
 
@@ -51,7 +51,7 @@ def test_the_orchestrator_and_the_cli_help_load_no_tensorflow_keras_jax_or_matpl
     probe = (
         "import sys, json, runpy\n"
         "if sys.argv[1] == 'flows':\n"
-        "    import flows.pipeline, flows.deploy, flows.train_architecture\n"
+        "    import segflow_prefect.flows.pipeline, segflow_prefect.flows.deploy, segflow_prefect.flows.train_architecture\n"
         "else:\n"
         "    sys.argv = ['segflow', '--help']\n"
         "    try:\n"

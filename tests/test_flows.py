@@ -41,7 +41,7 @@ def tiny_params(tmp_path: Path, results_uri: str, **overrides):
 
 
 def test_pipeline_publishes_to_s3_and_a_second_run_finds_data_and_records_up_to_date(prefect_harness, s3_bucket, tmp_path):
-    from flows.pipeline import cityscapes_pipeline
+    from segflow_prefect.flows.pipeline import cityscapes_pipeline
 
     results_uri = f"{s3_bucket}/results"
     params = tiny_params(tmp_path, results_uri, architectures=["unet"])
@@ -120,7 +120,7 @@ class TrainingKiller(threading.Thread):
 def test_killed_training_retries_and_resumes_and_a_failed_architecture_leaves_a_partial_run(
     prefect_harness, tmp_path, monkeypatch
 ):
-    import flows.pipeline as pipeline
+    import segflow_prefect.flows.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "train_architecture", pipeline.train_architecture.with_options(retries=1, retry_delay_seconds=0))
     params = tiny_params(tmp_path, str(tmp_path / "results"), architectures=["unet", "segnet"], epochs=2, steps_per_epoch=4)
@@ -158,7 +158,7 @@ def test_killed_training_retries_and_resumes_and_a_failed_architecture_leaves_a_
 
 
 def test_training_flow_for_a_gpu_pool_reads_and_writes_only_the_results_store(prefect_harness, s3_bucket, tmp_path):
-    from flows.train_architecture import train_architecture_flow
+    from segflow_prefect.flows.train_architecture import train_architecture_flow
     from segflow.convert import convert
     from segflow.synthetic import write_dataset
 
@@ -191,7 +191,7 @@ def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefe
     from prefect import flow, task
 
     from segflow import gpus
-    from tasks.gpus import size_training_limit, training_slot
+    from segflow_prefect.tasks.gpus import size_training_limit, training_slot
 
     monkeypatch.setenv("SEGFLOW_GPU_IDS", "0,1,2,3")
     monkeypatch.setenv("SEGFLOW_GPUS_PER_TRAINING", "2")
@@ -233,7 +233,7 @@ def test_data_comes_with_one_login_none_on_a_rerun_and_a_wrong_password_fails_on
 
     from segflow import synthetic
     from cityscapes_site import CityscapesSiteServer
-    from tasks.data import prepare_dataset
+    from segflow_prefect.tasks.data import prepare_dataset
 
     synthetic.write_dataset(tmp_path / "synthetic", train=2, val=1, test=1, height=32, width=64, zips=True)
     packages = tmp_path / "site"

@@ -41,7 +41,7 @@ def _val_shards(records):
 
 
 def test_intact_records_verify_and_list_every_shard(records):
-    from segflow.data import list_shards
+    from segflow.input_pipeline import list_shards
 
     manifest = verify_records(records)
     assert set(manifest["splits"]) == {"train", "val", "test"}
@@ -49,7 +49,7 @@ def test_intact_records_verify_and_list_every_shard(records):
 
 
 def test_a_deleted_shard_is_named_by_every_reader(records, tmp_path):
-    from segflow.data import list_shards
+    from segflow.input_pipeline import list_shards
 
     gone = _val_shards(records)[1]
     gone.unlink()
@@ -227,7 +227,7 @@ def test_the_convert_step_reruns_when_its_records_no_longer_verify(dataset, tmp_
     from prefect import flow
     from prefect.testing.utilities import prefect_test_harness
 
-    from tasks.data import convert_records
+    from segflow_prefect.tasks.data import convert_records
 
     @flow
     def records_flow(data_root: str, records_dir: str) -> str:

@@ -527,7 +527,7 @@ def test_prefect_server_accepts_the_work_pools_and_workers_render_them(prefect_a
 docker_tests = pytest.mark.skipif(
     os.environ.get("SEGFLOW_DOCKER_TESTS") != "1", reason="builds images on a Docker engine: set SEGFLOW_DOCKER_TESTS=1"
 )
-BUILD_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "docker/Dockerfile", "docker/constraints-image.txt", "segflow", "tasks", "flows")
+BUILD_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "docker/Dockerfile", "docker/constraints-image.txt", "segflow", "segflow_prefect")
 
 
 def run(arguments: list[str], env: dict | None = None, **options) -> str:

@@ -24,7 +24,7 @@ ARCHITECTURES = ("unet", "segnet", "icnet", "resnet", "deeplabv3plus")
 def test_every_training_setting_is_in_the_flows_form():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.pipeline import cityscapes_pipeline
+    from segflow_prefect.flows.pipeline import cityscapes_pipeline
 
     schema = parameter_schema(cityscapes_pipeline).model_dump()
     form = schema["definitions"]["PipelineParams"]["properties"]
@@ -143,7 +143,7 @@ def test_a_recipe_without_architecture_or_unknown_is_one_error():
 
 
 def test_the_deployments_take_their_recipe_from_the_environment(monkeypatch):
-    from flows.deploy import environment_params
+    from segflow_prefect.flows.deploy import environment_params
 
     monkeypatch.delenv("SEGFLOW_DEMO", raising=False)
     monkeypatch.delenv("SEGFLOW_RECIPE", raising=False)

@@ -43,7 +43,7 @@ def deploy_process_pools(api: str, cpu_pool: str, gpu_pool: str, params) -> list
     pipeline's defaults, in this process."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import deploy_to_work_pools
+    from segflow_prefect.flows.deploy import deploy_to_work_pools
 
     with temporary_settings({PREFECT_API_URL: api}):
         return deploy_to_work_pools(None, params=params, pool_type="process", cpu_pool=cpu_pool, gpu_pool=gpu_pool)
@@ -87,7 +87,7 @@ def flow_runs_in_pool(api: str, pool: str) -> list[dict]:
 def test_deploy_checks_its_input_before_registering(prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import deploy_to_work_pools
+    from segflow_prefect.flows.deploy import deploy_to_work_pools
     from segflow.errors import SegflowError
 
     api, _ = prefect_api
@@ -130,10 +130,10 @@ def test_deploy_checks_its_input_before_registering(prefect_api):
     for pool_type, deployments in registered.items():
         assert [d["name"] for d in deployments] == [f"train-{arch}" for arch in ARCHITECTURES_ALL] + ["cityscapes-pipeline"]
         *trainings, pipeline = deployments
-        assert {d["entrypoint"] for d in trainings} == {"flows/train_architecture.py:train_architecture_flow"}
+        assert {d["entrypoint"] for d in trainings} == {"segflow_prefect/flows/train_architecture.py:train_architecture_flow"}
         # Heartbeats every 30 s, so that the automation can tell a training whose worker died.
         assert all(d["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"} for d in trainings)
-        assert pipeline["entrypoint"] == "flows/pipeline.py:cityscapes_pipeline"
+        assert pipeline["entrypoint"] == "segflow_prefect/flows/pipeline.py:cityscapes_pipeline"
         assert pipeline["parameters"]["params"]["training_deployment"] == "train-architecture/train-{architecture}"
         assert pipeline["parameters"]["params"]["max_parallel_training"] == 5
         assert pipeline["parameters"]["params"]["results_uri"] == "s3://bucket/results"

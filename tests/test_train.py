@@ -21,7 +21,7 @@ SUBPROCESS_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED":
 
 
 def _val_label_counts(records):
-    from segflow.data import make_dataset
+    from segflow.input_pipeline import make_dataset
 
     labels = np.concatenate([labels.numpy().ravel() for _, labels in make_dataset(records, "val", training=False, batch_size=4)])
     return np.bincount(labels[labels < 19], minlength=19)

@@ -227,7 +227,7 @@ def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowh
     prefect_logger.addHandler(console_handler)
     with prefect_test_harness(server_startup_timeout=180):
         database = get_current_settings().server.database.connection_url.get_secret_value()
-        from flows.pipeline import cityscapes_pipeline
+        from segflow_prefect.flows.pipeline import cityscapes_pipeline
 
         try:
             state = cityscapes_pipeline(params, return_state=True)

@@ -92,7 +92,7 @@ def _records_examples(records_dir: Path, count: int) -> list[tuple]:
     import tensorflow as tf
 
     from segflow.augment import decode_image, parse_eval
-    from segflow.data import list_shards
+    from segflow.input_pipeline import list_shards
     from segflow.records import FEATURE_KEYS, decode_example
 
     examples = []

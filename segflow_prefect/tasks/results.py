@@ -1,6 +1,6 @@
 """Tasks that turn a finished run into a report, publish it, and move champion pointers.
 
-None is retried: storage retries S3 requests itself (see tasks/retry.py).
+None is retried: storage retries S3 requests itself (see segflow_prefect/tasks/retry.py).
 """
 
 from __future__ import annotations

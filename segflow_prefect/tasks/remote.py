@@ -1,7 +1,7 @@
 """Tasks for training on another machine: move folders through the results store and start the
 per-architecture training deployment on the GPU work pool.
 
-Copies are not retried here: boto3 retries S3 requests itself (see tasks/retry.py).
+Copies are not retried here: boto3 retries S3 requests itself (see segflow_prefect/tasks/retry.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from segflow.config import PipelineParams
 from segflow.errors import SegflowError
 from segflow.run_files import METRICS_FILE, MODEL_FILE
 from segflow.train_process import SMALL_METRICS
-from tasks.retry import not_a_segflow_error
+from segflow_prefect.tasks.retry import not_a_segflow_error
 
 
 @task(task_run_name="upload {local_dir}")

@@ -26,12 +26,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from segflow import runinfo, storage
 from segflow.config import PipelineParams
 from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE
-from tasks.data import convert_records, prepare_dataset
-from tasks.gpus import size_training_limit
-from tasks.remote import download_files, train_on_deployment, upload_folder
-from tasks.results import decide_champion, promote_champion, publish_run, write_report
-from tasks.runs import finish_run, start_run, write_run_record
-from tasks.training import train_architecture
+from segflow_prefect.tasks.data import convert_records, prepare_dataset
+from segflow_prefect.tasks.gpus import size_training_limit
+from segflow_prefect.tasks.remote import download_files, train_on_deployment, upload_folder
+from segflow_prefect.tasks.results import decide_champion, promote_champion, publish_run, write_report
+from segflow_prefect.tasks.runs import finish_run, start_run, write_run_record
+from segflow_prefect.tasks.training import train_architecture
 
 
 @flow(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segflow import data
+from segflow import input_pipeline
 from segflow.cityscapes import IGNORE_LABEL
 from segflow.errors import SegflowError
 from segflow.records import shard_name
@@ -38,7 +38,7 @@ def first_batches(dataset, count):
 
 def test_training_batches_are_cropped_augmented_and_repeat(records_dir):
     folder, _ = records_dir
-    dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=1)
+    dataset = input_pipeline.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=1)
 
     assert dataset.element_spec[0].shape.as_list() == [2, 16, 32, 3]
     assert dataset.element_spec[1].shape.as_list() == [2, 16, 32]
@@ -52,7 +52,7 @@ def test_training_batches_are_cropped_augmented_and_repeat(records_dir):
 
 def test_training_base_resize_scales_before_cropping(records_dir):
     folder, _ = records_dir
-    dataset = data.make_dataset(
+    dataset = input_pipeline.make_dataset(
         folder, "train", training=True, batch_size=2, crop_size=(12, 24), resize=(6, 12), scale_range=(1.0, 1.0)
     )
 
@@ -64,7 +64,7 @@ def test_training_base_resize_scales_before_cropping(records_dir):
 
 def test_evaluation_yields_every_stored_label_once_at_full_resolution(records_dir):
     folder, val_labels = records_dir
-    dataset = data.make_dataset(folder, "val", training=False, batch_size=2)
+    dataset = input_pipeline.make_dataset(folder, "val", training=False, batch_size=2)
 
     batches = first_batches(dataset, 10)
 
@@ -72,14 +72,14 @@ def test_evaluation_yields_every_stored_label_once_at_full_resolution(records_di
     labels = [label for _, batch_labels in batches for label in batch_labels]
     for label, stored in zip(labels, val_labels):
         np.testing.assert_array_equal(label, stored)
-    again = first_batches(data.make_dataset(folder, "val", training=False, batch_size=2), 10)
+    again = first_batches(input_pipeline.make_dataset(folder, "val", training=False, batch_size=2), 10)
     for (images, _), (images_again, _) in zip(batches, again):
         np.testing.assert_array_equal(images, images_again)
 
 
 def test_evaluation_resize(records_dir):
     folder, _ = records_dir
-    dataset = data.make_dataset(folder, "val", training=False, batch_size=3, resize=(12, 24))
+    dataset = input_pipeline.make_dataset(folder, "val", training=False, batch_size=3, resize=(12, 24))
 
     images, labels = first_batches(dataset, 1)[0]
 
@@ -90,7 +90,7 @@ def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
     folder, _ = records_dir
 
     def batches(seed):
-        dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=seed)
+        dataset = input_pipeline.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=seed)
         return first_batches(dataset, 4)
 
     first, again, other = batches(3), batches(3), batches(4)
@@ -101,32 +101,32 @@ def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
 
 def test_count_examples_reads_the_shards_or_trusts_the_manifest(records_dir, tmp_path):
     folder, _ = records_dir
-    assert data.count_examples(folder, "train") == NUM_TRAIN
-    assert data.count_examples(folder, "val") == NUM_VAL
+    assert input_pipeline.count_examples(folder, "train") == NUM_TRAIN
+    assert input_pipeline.count_examples(folder, "val") == NUM_VAL
 
     for path in folder.glob("*.tfrecord"):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     (tmp_path / "manifest.json").write_text(json.dumps({"splits": {"train": {"num_examples": 2975}}}))
-    assert data.count_examples(tmp_path, "train") == 2975
+    assert input_pipeline.count_examples(tmp_path, "train") == 2975
     with pytest.raises(SegflowError, match="no longer match manifest.json: split 'val' is not in it"):
-        data.count_examples(tmp_path, "val")  # shards the manifest does not list are refused, not read
+        input_pipeline.count_examples(tmp_path, "val")  # shards the manifest does not list are refused, not read
 
 
 def test_missing_shards_and_missing_arguments_raise_clear_errors(records_dir, tmp_path):
     folder, _ = records_dir
     with pytest.raises(SegflowError, match="no TFRecord shards match .*test-"):
-        data.make_dataset(folder, "test", training=False, batch_size=1)
+        input_pipeline.make_dataset(folder, "test", training=False, batch_size=1)
     with pytest.raises(SegflowError, match="name the split"):
-        data.make_dataset(folder, training=False, batch_size=1)
+        input_pipeline.make_dataset(folder, training=False, batch_size=1)
     with pytest.raises(SegflowError, match="crop_size is required"):
-        data.make_dataset(folder, "train", training=True, batch_size=1)
+        input_pipeline.make_dataset(folder, "train", training=True, batch_size=1)
     with pytest.raises(SegflowError, match="batch_size"):
-        data.make_dataset(folder, "train", training=False, batch_size=0)
+        input_pipeline.make_dataset(folder, "train", training=False, batch_size=0)
 
 
 def test_a_glob_pattern_selects_shards(records_dir):
     folder, _ = records_dir
-    dataset = data.make_dataset(str(folder / "train-00001-*.tfrecord"), training=False, batch_size=8)
+    dataset = input_pipeline.make_dataset(str(folder / "train-00001-*.tfrecord"), training=False, batch_size=8)
 
     _, labels = first_batches(dataset, 1)[0]
 
@@ -137,7 +137,7 @@ def test_without_a_seed_each_dataset_draws_fresh_augmentation(records_dir):
     folder, _ = records_dir
 
     def labels():
-        dataset = data.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=None)
+        dataset = input_pipeline.make_dataset(folder, "train", training=True, batch_size=2, crop_size=(16, 32), seed=None)
         return np.concatenate([batch_labels for _, batch_labels in first_batches(dataset, 3)])
 
     assert not np.array_equal(labels(), labels())
@@ -148,7 +148,7 @@ def test_without_a_seed_each_dataset_draws_fresh_augmentation(records_dir):
 
 def cached_and_standard(folder, count, **settings):
     def batches(cache_decoded):
-        dataset = data.make_dataset(
+        dataset = input_pipeline.make_dataset(
             folder, "train", training=True, crop_size=(16, 32), cache_decoded=cache_decoded, **settings
         )
         return first_batches(dataset, count)
@@ -172,7 +172,7 @@ def test_decode_once_with_the_same_seed_gives_the_same_stream(records_dir):
     folder, _ = records_dir
 
     def batches(seed):  # 3 epochs of 5 examples
-        dataset = data.make_dataset(
+        dataset = input_pipeline.make_dataset(
             folder, "train", training=True, batch_size=3, crop_size=(16, 32), seed=seed, cache_decoded="on"
         )
         return first_batches(dataset, 5)
@@ -187,19 +187,19 @@ def test_auto_caches_when_the_decoded_images_take_at_most_half_the_memory(record
     folder, _ = records_dir
     needed = NUM_TRAIN * HEIGHT * WIDTH * (3 + 1)
 
-    assert data.decoded_bytes(folder, "train") == needed
-    assert data.cache_decision("auto", folder, "train", available=2 * needed) == (True, needed, 2 * needed)
-    assert data.cache_decision("auto", folder, "train", available=2 * needed - 1)[0] is False
-    assert data.cache_decision("on", folder, "train", available=0)[0] is True
-    assert data.cache_decision("off", folder, "train")[0] is False
+    assert input_pipeline.decoded_bytes(folder, "train") == needed
+    assert input_pipeline.cache_decision("auto", folder, "train", available=2 * needed) == (True, needed, 2 * needed)
+    assert input_pipeline.cache_decision("auto", folder, "train", available=2 * needed - 1)[0] is False
+    assert input_pipeline.cache_decision("on", folder, "train", available=0)[0] is True
+    assert input_pipeline.cache_decision("off", folder, "train")[0] is False
     with pytest.raises(SegflowError, match="cache_decoded must be one of auto, on, off; got 'yes'"):
-        data.make_dataset(folder, "train", training=True, batch_size=1, crop_size=(16, 32), cache_decoded="yes")
+        input_pipeline.make_dataset(folder, "train", training=True, batch_size=1, crop_size=(16, 32), cache_decoded="yes")
 
 
 def test_gpu_demand_is_40_percent_of_h100_bf16_over_three_forward_passes():
     # 1 TFLOP forward per image: 0.4 * 989e12 / 3e12 = 131.9 images/s per GPU.
-    assert data.gpu_demand(1000.0, gpus=1) == pytest.approx(131.87, abs=0.01)
-    assert data.gpu_demand(1000.0, gpus=8) == pytest.approx(8 * 131.87, abs=0.1)
+    assert input_pipeline.gpu_demand(1000.0, gpus=1) == pytest.approx(131.87, abs=0.01)
+    assert input_pipeline.gpu_demand(1000.0, gpus=8) == pytest.approx(8 * 131.87, abs=0.1)
 
 
 def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
@@ -212,10 +212,10 @@ def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
     tiny = keras.Model(inputs, keras.layers.Conv2D(19, 1)(inputs))  # ~18 kFLOPs: any CPU is too slow for it
     config = TrainConfig(architecture="unet", image_size=(HEIGHT, WIDTH), crop_size=(16, 32))
 
-    assert data.startup_line(config, folder, tiny, gpus=0).startswith(
+    assert input_pipeline.startup_line(config, folder, tiny, gpus=0).startswith(
         "input pipeline: decoded train images kept in memory after the first epoch (0.0 MiB of "
     )
-    line = data.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
+    line = input_pipeline.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
     assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
     assert line.endswith("images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND")
 

@@ -1,8 +1,8 @@
 """Tasks that get the data and turn it into TFRecords.
 
-Neither is cached nor retried by Prefect: `dataset.prepare` and `convert.convert` already know
+Neither is cached nor retried by Prefect: `data_source.prepare` and `convert.convert` already know
 when their output is up to date (and then do nothing), and the downloads retry network failures
-themselves (see tasks/retry.py).
+themselves (see segflow_prefect/tasks/retry.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 
 from prefect import task
 
-from segflow import convert, dataset
+from segflow import convert, data_source
 from segflow.download import Credentials
 from segflow.errors import SegflowError
 
@@ -36,7 +36,7 @@ def cityscapes_credentials() -> Credentials | None:
 def prepare_dataset(source: str, work_dir: str, synthetic_images, synthetic_size, seed: int) -> str:
     """Download and extract (or generate) the dataset; nothing to do when it is already there."""
     credentials = cityscapes_credentials() if source.startswith("cityscapes") else None
-    data_root = dataset.prepare(
+    data_root = data_source.prepare(
         source,
         work_dir,
         synthetic_images=tuple(synthetic_images),

@@ -18,12 +18,12 @@ from pathlib import Path
 from prefect import serve
 from prefect.schedules import Cron
 
-from flows.pipeline import cityscapes_pipeline
-from flows.train_architecture import train_architecture_flow
+from segflow_prefect.flows.pipeline import cityscapes_pipeline
+from segflow_prefect.flows.train_architecture import train_architecture_flow
 from segflow.config import PipelineParams, demo_params
 from segflow.errors import SegflowError
 
-SCALE_OUT_PLAN = Path(__file__).resolve().parents[1] / "infra" / "scale-out.yaml"
+SCALE_OUT_PLAN = Path(__file__).resolve().parents[2] / "infra" / "scale-out.yaml"
 
 DEFAULT_CRON = "0 2 * * *"
 
@@ -75,15 +75,15 @@ def serve_deployments(params: PipelineParams | None = None, *, schedule: bool = 
 
 
 POOL_TYPES = ("process", "docker", "kubernetes")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_ENTRYPOINT = "flows/pipeline.py:cityscapes_pipeline"
-TRAINING_ENTRYPOINT = "flows/train_architecture.py:train_architecture_flow"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PIPELINE_ENTRYPOINT = "segflow_prefect/flows/pipeline.py:cityscapes_pipeline"
+TRAINING_ENTRYPOINT = "segflow_prefect/flows/train_architecture.py:train_architecture_flow"
 
 # A training flow run whose worker died says nothing more: it sends a heartbeat event every
 # HEARTBEAT_SECONDS (Prefect's minimum, 30 s; its default 180 s), and the automation
 # CRASH_AUTOMATION marks it Crashed when none came for SILENCE_SECONDS (three missed heartbeats).
 # The pipeline's `train_on_deployment` task then starts the deployment again, on any worker of the
-# GPU pool, and the training resumes from the checkpoints in the store (tasks/remote.py).
+# GPU pool, and the training resumes from the checkpoints in the store (segflow_prefect/tasks/remote.py).
 HEARTBEAT_SECONDS = 30
 SILENCE_SECONDS = 90
 CRASH_AUTOMATION = "segflow: crash silent trainings"

@@ -13,9 +13,9 @@ from pathlib import Path
 from prefect import flow
 
 from segflow.config import Architecture, PipelineParams
-from tasks.gpus import size_training_limit
-from tasks.remote import download_folder
-from tasks.training import train_architecture
+from segflow_prefect.tasks.gpus import size_training_limit
+from segflow_prefect.tasks.remote import download_folder
+from segflow_prefect.tasks.training import train_architecture
 
 
 @flow(name="train-architecture", flow_run_name="train {architecture}")

@@ -10,8 +10,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from segflow.config import PipelineParams
 from segflow.run_files import LOG_FILE
 from segflow.train_process import train_in_subprocess
-from tasks.gpus import training_slot
-from tasks.retry import TRAINING
+from segflow_prefect.tasks.gpus import training_slot
+from segflow_prefect.tasks.retry import TRAINING
 
 
 @task(**TRAINING, task_run_name="train and evaluate {architecture}")
