@@ -69,11 +69,11 @@ def _size_from_text(value):
 
 
 # Architectures whose paper starts from an ImageNet encoder that keras.applications provides,
-# and that encoder: ResNet-50 (He et al. 2016) for ResNet-FCN and DeepLabV3+, VGG16 for SegNet
-# (SegNet paper Sec. 3: the encoder is VGG16's 13 convolutional layers). ICNet's released
-# encoder is a half-width, deep-stem ResNet-50 that no keras.applications file fits; U-Net
-# trains from scratch (U-Net paper Sec. 3).
-BACKBONES: dict[str, str] = {"resnet": "ResNet50", "deeplabv3plus": "ResNet50", "segnet": "VGG16"}
+# and that encoder: ResNet-50 (He et al. 2016) for ResNet-FCN and DeepLabV3+, and for ICNet as
+# MMSeg's ImageNet-initialised ICNet has it (full width; segflow.models.icnet), VGG16 for SegNet
+# (SegNet paper Sec. 3: the encoder is VGG16's 13 convolutional layers); U-Net trains from
+# scratch (U-Net paper Sec. 3).
+BACKBONES: dict[str, str] = {"resnet": "ResNet50", "deeplabv3plus": "ResNet50", "icnet": "ResNet50", "segnet": "VGG16"}
 
 
 class TrainSettings(BaseModel):
@@ -138,8 +138,8 @@ class TrainSettings(BaseModel):
         "none",
         min_length=1,
         description="Encoder initialisation: 'none' (random), 'imagenet' (keras.applications' download) or "
-        "the local path or s3:// URI of a keras.applications weights file (ResNet50 for resnet and "
-        "deeplabv3plus, VGG16 for segnet; needs width 1.0).",
+        "the local path or s3:// URI of a keras.applications weights file (ResNet50 for resnet, "
+        "deeplabv3plus and icnet, VGG16 for segnet; needs width 1.0).",
     )
 
     _sizes_from_text = field_validator("image_size", "crop_size", "val_image_size", mode="before")(_size_from_text)

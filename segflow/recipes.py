@@ -63,8 +63,8 @@ RECIPES: dict[str, dict[str, dict[str, tuple[Any, str]]]] = {
             **_mmseg(_S80K, 80, 2, _ICNET),
             "crop_size": ((832, 832), f"{_ICNET}: crop_size=(832, 832)"),
             "ohem": (False, f"{_MMSEG}_base_/models/icnet_r50-d8.py: OHEM only as a commented-out ablation"),
-            "backbone_weights": ("none", "segflow: the config's ImageNet resnet50_v1c has no keras.applications "
-                                         "file that fits ICNet's half-width deep-stem ResNet-50"),
+            "backbone_weights": ("imagenet", f"{_ICNET}: Pretrained 'open-mmlab://resnet50_v1c' (ImageNet ResNet-50; "
+                                             "segflow: keras.applications' ResNet-50, 7×7 stem)"),
         },
         "resnet": {
             **_mmseg(_S80K, 80, 2, _FCN),

@@ -118,7 +118,7 @@ def test_the_form_derives_each_architecture_from_training_recipe_and_overrides()
     "overrides, message",
     [
         ({"unet": {"batch_sise": 4}}, "unet: batch_sise"),
-        ({"icnet": {"backbone_weights": "imagenet"}}, "icnet has no ImageNet encoder"),
+        ({"unet": {"backbone_weights": "imagenet"}}, "unet has no ImageNet encoder"),
         ({"resnet": {"crop_size": "2048x2048"}}, "resnet: crop_size"),
     ],
 )

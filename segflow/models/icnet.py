@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import keras
 
-from segflow.errors import SegflowError
 from segflow.models.layers import GridAveragePooling2D, apply_conv_bn_relu, apply_logits, check_arguments, scaled
-from segflow.models.resnet import apply_bottleneck_block
+from segflow.models.resnet import apply_bottleneck_block, apply_resnet_stem, check_resnet50_weights, load_resnet50_weights
 
 # The released ICNet keeps half the kernels of PSPNet's ResNet-50 (the paper's "model
 # compression", kernel keeping rate 0.5): bottleneck widths 32/64/128/256 (outputs
 # 128/256/512/1024) instead of 64/128/256/512. (filters, blocks, dilation) per stage.
 STAGES = {"conv2": (32, 3, 1), "conv3": (64, 4, 1), "conv4": (128, 6, 2), "conv5": (256, 3, 4)}
+# MMSeg's ImageNet-initialised ICNet (configs/_base_/models/icnet_r50-d8.py: a full ResNet-50,
+# layer_channels=(512, 2048)) keeps all the kernels: twice the widths above.
+FULL_RESNET50_WIDTH = 2.0
 PYRAMID_BINS = (1, 2, 3, 6)
 CFF_FILTERS = 128
 
@@ -95,8 +97,13 @@ def build_icnet(
         input_shape: (height, width, channels); height and width divisible by 32.
         width: float, multiplies every channel count (1.0 is the released, half-kernel ICNet).
         aux_outputs: bool, add the two cascade label guidance outputs. Defaults to False.
-        weights: must be None: no ImageNet weights exist for this half-width, deep-stem
-            ResNet-50.
+        weights: None (random init: the released half-kernel, deep-stem encoder), `"imagenet"` or
+            the path of a keras.applications ResNet50 weights file: then the encoder is the full
+            ResNet-50 that MMSeg's ImageNet-initialised ICNet uses (configs/_base_/models/
+            icnet_r50-d8.py, layer_channels=(512, 2048); icnet_r50-d8-in1k-pre_*), with
+            keras.applications' 7×7 stem in place of MMSeg's resnet50_v1c deep stem, since that
+            is the stem the weights file has. Needs width 1.0; the first convolution is adapted
+            to segflow's input normalisation (`segflow.models.backbones`).
 
     Returns:
         A functional `keras.Model` from images to float32 logits at input resolution (a list
@@ -110,21 +117,23 @@ def build_icnet(
     Paper: https://arxiv.org/abs/1704.08545
     """
     check_arguments("icnet", num_classes, input_shape, width)
-    if weights is not None:
-        raise SegflowError(f"icnet: no pretrained weights are available, got weights={weights!r}")
+    check_resnet50_weights(weights, width, input_shape)
 
     inputs = keras.Input(input_shape, name="image")
     # 1/2 branch: a 2×2 average is bilinear downsampling by 2 (half-pixel centres).
     image_half = keras.layers.AveragePooling2D(2, name="image_half")(inputs)
-    x = apply_deep_stem(image_half, width)
-    x = apply_stage(x, "conv2", width)
-    conv3_1 = apply_stage(x, "conv3", width, last_block=1)
+    if weights is None:
+        x, encoder_width = apply_deep_stem(image_half, width), width
+    else:  # keras.applications' ResNet-50, whose layer names the stages below share
+        x, encoder_width = apply_resnet_stem(image_half, width), FULL_RESNET50_WIDTH * width
+    x = apply_stage(x, "conv2", encoder_width)
+    conv3_1 = apply_stage(x, "conv3", encoder_width, last_block=1)
 
     # 1/4 branch, from the shared conv3_1.
     x = keras.layers.AveragePooling2D(2, name="conv3_1_quarter")(conv3_1)
-    x = apply_stage(x, "conv3", width, first_block=2)
-    x = apply_stage(x, "conv4", width)
-    x = apply_stage(x, "conv5", width)
+    x = apply_stage(x, "conv3", encoder_width, first_block=2)
+    x = apply_stage(x, "conv4", encoder_width)
+    x = apply_stage(x, "conv5", encoder_width)
     x = apply_pyramid_pooling(x, PYRAMID_BINS)
     x = apply_conv_bn_relu(x, scaled(256, width), 1, name="conv5_4")
 
@@ -137,8 +146,12 @@ def build_icnet(
     x, guidance_1_8 = apply_cascade_feature_fusion(x, y, scaled(CFF_FILTERS, width), name="cff_sub12")
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="sub12_upsample")(x)
     logits = apply_logits(x, num_classes, input_shape, name="logits")
-    if not aux_outputs:
-        return keras.Model(inputs, logits, name="icnet")
-    aux_1_8 = apply_logits(guidance_1_8, num_classes, input_shape, name="aux_1_8")
-    aux_1_16 = apply_logits(guidance_1_16, num_classes, input_shape, name="aux_1_16")
-    return keras.Model(inputs, [logits, aux_1_8, aux_1_16], name="icnet")
+    if aux_outputs:
+        aux_1_8 = apply_logits(guidance_1_8, num_classes, input_shape, name="aux_1_8")
+        aux_1_16 = apply_logits(guidance_1_16, num_classes, input_shape, name="aux_1_16")
+        model = keras.Model(inputs, [logits, aux_1_8, aux_1_16], name="icnet")
+    else:
+        model = keras.Model(inputs, logits, name="icnet")
+    if weights is not None:
+        load_resnet50_weights(model, weights)
+    return model

@@ -79,6 +79,8 @@ def test_three_branches_at_quarter_half_and_full_resolution():
     assert model.get_layer("conv5_block1_2_conv").dilation_rate == (4, 4)
 
 
-def test_pretrained_weights_are_refused():
-    with pytest.raises(SegflowError, match="no pretrained weights"):
-        build("icnet", input_shape=TINY_SHAPE, weights="imagenet")
+def test_imagenet_weights_need_the_full_width_encoder():
+    # With weights the encoder is keras.applications' full ResNet-50 (tests/models/test_backbones.py
+    # checks its tensors): a width-multiplied ICNet cannot hold them.
+    with pytest.raises(SegflowError, match="ImageNet ResNet50 weights need width=1.0"):
+        build("icnet", input_shape=TINY_SHAPE, width=0.5, weights="imagenet")
