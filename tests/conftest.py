@@ -42,6 +42,14 @@ def s3_bucket(s3_endpoint, monkeypatch):
     return f"s3://{name}"
 
 
+@pytest.fixture(params=["s3", "local"])
+def results_uri(request, tmp_path):
+    """A results store: the same tests run against an S3 bucket and a local folder."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_bucket") + "/results"
+    return str(tmp_path / "results")
+
+
 @pytest.fixture(scope="session")
 def prefect_api(tmp_path_factory):
     """A real `prefect server start` on localhost, API and UI, with its own empty PREFECT_HOME;

@@ -9,13 +9,6 @@ import pytest
 from segflow import champion, storage
 
 
-@pytest.fixture(params=["s3", "local"])
-def results_uri(request, tmp_path):
-    if request.param == "s3":
-        return request.getfixturevalue("s3_bucket") + "/results"
-    return str(tmp_path / "results")
-
-
 def _decide_and_promote_both(results_uri, order):
     """Two runs both decide before either promotes (the nightly and a manual run), then promote in `order`."""
     decisions = {

@@ -23,13 +23,6 @@ def _store(results_uri, tmp_path):
     return results_uri
 
 
-@pytest.fixture(params=["local", "s3"])
-def results_uri(request, tmp_path):
-    if request.param == "local":
-        return str(tmp_path / "results")
-    return request.getfixturevalue("s3_bucket") + "/segflow"
-
-
 def test_keep_two_deletes_the_oldest_unprotected_runs(results_uri, tmp_path):
     _store(results_uri, tmp_path)
     result = CliRunner().invoke(cli, ["clean", results_uri, "--keep", "2"])

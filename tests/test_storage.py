@@ -23,14 +23,6 @@ def make_run(folder, files):
     return folder
 
 
-@pytest.fixture(params=["s3", "local"])
-def results_uri(request, tmp_path):
-    """The same tests run against an S3 bucket and a local folder."""
-    if request.param == "s3":
-        return request.getfixturevalue("s3_bucket") + "/results"
-    return str(tmp_path / "results")
-
-
 def test_upload_and_download_file_round_trip(results_uri, tmp_path):
     source = tmp_path / "weights.bin"
     source.write_bytes(os.urandom(1000))
