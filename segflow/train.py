@@ -204,6 +204,10 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.batchnorm_momentum
+    if config.augment_on_device:  # uint8 crops in; jitter and normalisation in the step
+        from segflow.device_augment import with_device_augment
+
+        model = with_device_augment(model)
     class_weights = _class_weights(records_dir) if config.class_weights else None
     loss = SegmentationCrossEntropy(
         class_weights=class_weights,
@@ -352,6 +356,7 @@ def _fit(
             scale_range=config.scale_range,
             seed=config.seed + first_step,
             cache_decoded=config.cache_decoded,
+            augment_on_device=config.augment_on_device,
         )
         if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))
