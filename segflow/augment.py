@@ -3,6 +3,9 @@
 `parse_train` decodes then augments (`augment_train`: random scale, crop padded with ignore,
 flip, photometric jitter; it also takes already decoded uint8 tensors, e.g. from a cache);
 `parse_eval` only decodes and normalises, so evaluation sees every pixel of the stored label.
+`augment_train(for_device=True)` stops before colour jitter and normalisation and hands over
+uint8 crops with the per-example random values, for `segflow.device_augment` to finish inside
+the training step on the accelerator.
 Both are pure functions of their inputs (randomness comes from an explicit stateless seed), which
 is what makes `segflow.input_pipeline.make_dataset` reproducible. As in TF Model Garden's segmentation
 parser, the image and the label always move together and labels are resized `nearest`.
