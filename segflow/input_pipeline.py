@@ -284,6 +284,8 @@ def startup_line(config, records_dir: str | os.PathLike, model, gpus: int | None
         line += f"; supplies ~{rate * cores:.0f} images/s on this machine ({cores} cores × {rate:.1f})"
         line += f", {gpus} GPU(s) could train ~{demand:.0f} images/s of {config.architecture}"
         line += " at 40 % of an H100's bf16 peak: INPUT-BOUND" if rate * cores < demand else ": not input-bound"
+        if rate * cores < demand and not config.augment_on_device:
+            line += " (--augment-on-device moves colour jitter and normalisation to the GPU, see BENCHMARKS.md)"
     return line
 
 

@@ -217,6 +217,16 @@ def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
     )
     line = input_pipeline.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
     assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
+    assert line.endswith(
+        "images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND"
+        " (--augment-on-device moves colour jitter and normalisation to the GPU, see BENCHMARKS.md)"
+    )
+    on_device = config.model_copy(update={"cache_decoded": "off", "augment_on_device": True})
+    line = input_pipeline.startup_line(on_device, folder, tiny, gpus=1)
+    assert line.startswith(
+        "input pipeline: PNGs decoded every epoch (cache_decoded=off); colour jitter and normalisation in the"
+        " training step (augment_on_device); supplies ~"
+    )
     assert line.endswith("images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND")
 
 
