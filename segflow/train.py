@@ -186,7 +186,8 @@ def default_strategy():
 def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int, *, backbone: bool = True) -> keras.Model:
     """The model at the training size, compiled with loss(es), optimizer and schedule; with
     `backbone`, its encoder starts from `config.backbone_weights` (a resumed run restores a
-    checkpoint instead)."""
+    checkpoint instead). With `config.augment_on_device` it takes uint8 crops and their colour
+    maps (`segflow.device_augment.with_device_augment`)."""
     from segflow import models
     from segflow.losses import SegmentationCrossEntropy
     from segflow.schedules import PolyWarmup
