@@ -10,6 +10,9 @@ one core (tf.data private thread pool of 1, one intra-op thread):
 - eval:          `make_dataset(training=False)`, full resolution
 - train:         `make_dataset(training=True)`, 512x1024 crops with all augmentation (today's)
 - train, decode once: the same with `cache_decoded="on"`, after its first epoch
+- the same two with `augment_on_device=True`: colour jitter and normalisation left to the
+  training step (`segflow.device_augment`, which runs on the accelerator and is not timed
+  here), the pipeline handing over uint8 crops; the CPU supply is what it changes
 - train, no colour jitter
 - resize-then-crop: the textbook order (resize the whole image, pad, crop), no jitter, for
   comparison with segflow's one-step crop-and-resize
@@ -68,10 +71,10 @@ def main() -> None:
         print(f"records: {records_dir} ({len(files)} train shards); crops {CROP_SIZE[0]}x{CROP_SIZE[1]}")
         print(f"timing {num_timed} examples per row in 3 alternating rounds after untimed warm-up batches\n")
 
-        def train(photometric=True, cache_decoded="off"):
+        def train(photometric=True, cache_decoded="off", augment_on_device=False):
             return input_pipeline.make_dataset(
                 records_dir, "train", training=True, batch_size=2, crop_size=CROP_SIZE,
-                photometric=photometric, cache_decoded=cache_decoded,
+                photometric=photometric, cache_decoded=cache_decoded, augment_on_device=augment_on_device,
             )
 
         # Decode once: warm up with a whole epoch, so that timing starts with the cache full.
@@ -85,6 +88,8 @@ def main() -> None:
             ),
             "train": one_core(train()),
             "train, decode once": (one_core(train(cache_decoded="on")), epoch_batches),
+            "train, augment on device": one_core(train(augment_on_device=True)),
+            "train, decode once, on device": (one_core(train(cache_decoded="on", augment_on_device=True)), epoch_batches),
             "train, no colour jitter": one_core(train(photometric=False)),
             "resize-then-crop, no jitter": one_core(resize_then_crop(files)),
             "train, all cores": train(),
@@ -103,24 +108,57 @@ def main() -> None:
     print(f"\none-step crop-and-resize vs resize-then-crop, per core: {speedup:.2f}x")
     today, decode_once = rates["train"][0], rates["train, decode once"][0]
     print(f"decode once vs today's training pipeline, per core: {decode_once / today:.2f}x (goal >= 2x)")
+    print("\nCPU path vs augment on device (jitter + normalisation in the training step), img/s per core:")
+    print(f"  {'':22s} {'CPU path':>9s} {'on device':>9s} {'ratio':>6s}")
+    pairs = (("PNGs decoded each epoch", "train", "train, augment on device"),
+             ("decode once", "train, decode once", "train, decode once, on device"))  # fmt: skip
+    for label, cpu_name, device_name in pairs:
+        cpu_path, on_device = rates[cpu_name][0], rates[device_name][0]
+        print(f"  {label:22s} {cpu_path:9.1f} {on_device:9.1f} {on_device / cpu_path:5.2f}x")
+    print("  bytes per 512x1024 example to the device: CPU path 8.0 MiB (float32 RGB + int32 label),"
+          " on device 2.0 MiB (uint8 RGB + uint8 label + 60 B)")
 
-    floor_ms = 1000 / rates["stage: pass-through"][0]
+    floors = {name: 1000 / rates[name][0] for name in ("stage: pass-through", "stage: pass-through, image only")}
     augment_ms = 1000 / decode_once
-    print(f"\naugmentation stages, 1 core, inputs in memory (ms/img net of a {floor_ms:.1f} ms pass-through):")
+    print("\naugmentation stages, 1 core, inputs in memory (ms/img net of a pass-through map over the same inputs):")
     for name, (per_core, _) in rates.items():
-        if name.startswith("stage:") and name != "stage: pass-through":
-            net = 1000 / per_core - floor_ms
-            print(f"  {name[7:]:26s} {net:6.1f} ms/img  ({net / augment_ms:4.0%} of decode-once training's {augment_ms:.1f})")
+        if name.startswith("stage:") and name not in floors:
+            net = 1000 / per_core - floors["stage: pass-through" + (", image only" if "uint8" in name else "")]
+            print(f"  {name[7:]:38s} {net:6.1f} ms/img  ({net / augment_ms:4.0%} of decode-once training's {augment_ms:.1f})")
 
+    on_device = rates["train, decode once, on device"][0]
+    supplies = {"today": today, "decode once": decode_once, "+ on device": on_device}
     print(f"\nsupply with {args.cores} cores vs demand of {args.gpus} H100(s) at 40 % of 989 TFLOP/s bf16, 512x1024:")
-    print(f"  supply, today's pipeline:  {today * args.cores:8.0f} img/s  ({today:.1f} per core)")
-    print(f"  supply, decode once:       {decode_once * args.cores:8.0f} img/s  ({decode_once:.1f} per core)")
-    print(f"  {'architecture':14s} {'fwd GFLOPs':>10s} {'demand img/s':>12s} {'today':>12s} {'decode once':>12s}")
+    for name, rate in supplies.items():
+        print(f"  supply, {name + ':':14s} {rate * args.cores:8.0f} img/s  ({rate:.1f} per core)")
+    print(f"  {'architecture':14s} {'fwd GFLOPs':>10s} {'demand img/s':>12s}" + "".join(f" {name:>12s}" for name in supplies))
     for row in summarize_architectures(input_shape=(*CROP_SIZE, 3)):
         demand = input_pipeline.gpu_demand(row["gflops"], args.gpus)
-        verdicts = ["ok" if rate * args.cores >= demand else "INPUT-BOUND" for rate in (today, decode_once)]
-        print(f"  {row['name']:14s} {row['gflops']:10.1f} {demand:12.0f} {verdicts[0]:>12s} {verdicts[1]:>12s}")
+        verdicts = ["ok" if rate * args.cores >= demand else "INPUT-BOUND" for rate in supplies.values()]
+        print(f"  {row['name']:14s} {row['gflops']:10.1f} {demand:12.0f}" + "".join(f" {verdict:>12s}" for verdict in verdicts))
+    print(f"\nthe device stage run on this CPU instead (as CPU-only training would): {device_stage_ms():.1f} CPU-ms/img")
     print(f"\nmachine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def device_stage_ms(batch_size: int = 2, rounds: int = 5) -> float:
+    """CPU-ms per 512x1024 example of `segflow.device_augment.JitterAndNormalize` (a traced
+    call on TF's CPU kernels with all threads), best of `rounds`, for training without a GPU."""
+    from segflow.device_augment import JitterAndNormalize
+
+    layer = JitterAndNormalize()
+    inputs = {
+        augment.DEVICE_IMAGE: tf.random.uniform((batch_size, *CROP_SIZE, 3), maxval=256, dtype=tf.int32),
+        augment.DEVICE_PARAMETERS: tf.tile([[1.1, 0, 0, 0, 1.1, 0, 0, 0, 1.1, 1.1, 0.05, 0, 0, 400, 1024]], [batch_size, 1]),
+    }
+    inputs[augment.DEVICE_IMAGE] = tf.cast(inputs[augment.DEVICE_IMAGE], tf.uint8)
+    call = tf.function(lambda inputs: layer(inputs))
+    call(inputs).numpy()  # trace
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        call(inputs).numpy()
+        best = min(best, (time.process_time() - started) * 1000 / batch_size)
+    return best
 
 
 def make_records(scratch: Path, num_images: int) -> Path:
@@ -167,10 +205,11 @@ def resize_then_crop(files: list[str]) -> tf.data.Dataset:
 def stages(files: list[str]) -> dict[str, tf.data.Dataset]:
     """Each augmentation stage of `augment.augment_train` alone, as a map over inputs held in
     memory: decoded uint8 images and labels for crop-and-resize, float crops for the rest."""
-    decoded = tf.data.TFRecordDataset(files).take(2).map(data._decode).cache().repeat()
+    decoded = tf.data.TFRecordDataset(files).take(2).map(input_pipeline._decode).cache().repeat()
     crops = decoded.take(2).map(
         lambda image, label: (tf.image.resize(image, CROP_SIZE) / 255.0, tf.image.resize(label, CROP_SIZE, "nearest"))
     ).cache().repeat()
+    float_crops = decoded.take(2).map(lambda image, label: tf.image.resize(image, CROP_SIZE)).cache().repeat()
 
     def crop_and_resize(index, example):
         image, label = example
@@ -203,13 +242,18 @@ def stages(files: list[str]) -> dict[str, tf.data.Dataset]:
         image, label = example
         return augment.normalize_image(image), tf.cast(label[:, :, 0], tf.int32)
 
+    def round_to_uint8(index, image):  # what the device path adds: the crop handed over as uint8
+        return tf.cast(image + 0.5, tf.uint8)
+
     return {
         "pass-through": crops.map(lambda image, label: (image, label)).batch(2),
+        "pass-through, image only": float_crops.enumerate().map(lambda index, image: image).batch(2),
         "crop-and-resize (+ pad)": decoded.enumerate().map(crop_and_resize).batch(2),
         "flip": crops.enumerate().map(flip).batch(2),
         "colour jitter": crops.enumerate().map(jitter).batch(2),
         "normalisation": crops.enumerate().map(normalise).batch(2),
         "normalisation, broadcast": crops.enumerate().map(normalise_broadcast).batch(2),
+        "round the crop to uint8 (device path)": float_crops.enumerate().map(round_to_uint8).batch(2),
     }
 
 

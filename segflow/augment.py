@@ -3,6 +3,9 @@
 `parse_train` decodes then augments (`augment_train`: random scale, crop padded with ignore,
 flip, photometric jitter; it also takes already decoded uint8 tensors, e.g. from a cache);
 `parse_eval` only decodes and normalises, so evaluation sees every pixel of the stored label.
+`augment_train(for_device=True)` stops before colour jitter and normalisation and hands over
+uint8 crops with the per-example random values, for `segflow.device_augment` to finish inside
+the training step on the accelerator.
 Both are pure functions of their inputs (randomness comes from an explicit stateless seed), which
 is what makes `segflow.input_pipeline.make_dataset` reproducible. As in TF Model Garden's segmentation
 parser, the image and the label always move together and labels are resized `nearest`.
@@ -36,6 +39,12 @@ BRIGHTNESS_MAX_DELTA = 0.125
 CONTRAST_RANGE = (0.8, 1.2)
 SATURATION_RANGE = (0.8, 1.2)
 HUE_MAX_DELTA = 0.02
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B in a pixel's grey
+
+# `augment_train(for_device=True)`: the keys of its inputs for `segflow.device_augment`.
+DEVICE_IMAGE = "image"
+DEVICE_PARAMETERS = "augment"
+NUM_DEVICE_PARAMETERS = 15  # colour matrix 3x3, contrast, brightness, box of real pixels (4)
 
 
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
@@ -119,6 +128,7 @@ def augment_train(
     resize: tuple[int, int] | None = None,
     seed: tf.Tensor | None = None,
     photometric: bool = True,
+    for_device: bool = False,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Random scale, random crop (padded with ignore), horizontal flip, colour jitter, normalise.
 
@@ -141,9 +151,17 @@ def augment_train(
         seed: stateless seed, an int tensor of shape `[2]`; the same seed gives the same output.
             None draws one at random (not reproducible).
         photometric: whether to jitter brightness, contrast, saturation and hue.
+        for_device: leave colour jitter and normalisation to the training step
+            (`segflow.device_augment`, on the accelerator): the crop is rounded to uint8 (at most
+            half a level, 0.5 / 255, from the float crop) and returned with the per-example
+            colour map and where the padding is; same seed, same random values.
 
     Returns:
         `(image, label)`: float32 `[*crop_size, 3]` normalised, int32 `crop_size` (255 = ignore).
+        With `for_device`: `({DEVICE_IMAGE: uint8 [*crop_size, 3] (padding 0),
+        DEVICE_PARAMETERS: float32 [15]}, uint8 label)`; the 15 floats are the colour matrix
+        (3x3, row-major), contrast, brightness, then the box of real pixels in the output
+        (top, left, height, width), see `segflow.device_augment`.
     """
     crop_height, crop_width = _check_size("crop_size", crop_size)
     min_scale, max_scale = float(scale_range[0]), float(scale_range[1])
@@ -163,6 +181,9 @@ def augment_train(
     y_window = _crop_window(scaled_size[0], crop_height, crop_y_seed)
     x_window = _crop_window(scaled_size[1], crop_width, crop_x_seed)
     image, label = _scale_and_crop(image, label, source_size, scaled_size, y_window, x_window)
+    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
+    if for_device:
+        return _for_device(image, label, (crop_height, crop_width), y_window, x_window, flip, color_seed, photometric)
 
     image = image / 255.0
     if photometric:
@@ -173,16 +194,44 @@ def augment_train(
     # around its zero padding, so padded label pixels are exactly 255.
     (_, pad_top, _), (_, pad_left, _) = y_window, x_window
     image = tf.image.pad_to_bounding_box(image, pad_top, pad_left, crop_height, crop_width)
-    label = tf.image.pad_to_bounding_box(label - IGNORE_LABEL, pad_top, pad_left, crop_height, crop_width)
-    label = label + IGNORE_LABEL
+    label = _pad_label(label, pad_top, pad_left, crop_height, crop_width)
 
-    flip = tf.random.stateless_uniform([], flip_seed) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
     label = tf.cond(flip, lambda: tf.reverse(label, axis=[1]), lambda: label)
 
     image = tf.ensure_shape(image, (crop_height, crop_width, 3))
     label = tf.ensure_shape(label[:, :, 0], (crop_height, crop_width))
     return image, label
+
+
+def _for_device(image, label, crop_size, y_window, x_window, flip, color_seed, photometric):
+    """The rest of `augment_train(for_device=True)` after the scaled crop (float `image`, int32
+    `label`): round, pad, flip, and the colour map and valid box as `DEVICE_PARAMETERS` floats."""
+    crop_height, crop_width = crop_size
+    (_, pad_top, height), (_, pad_left, width) = y_window, x_window
+    # Bilinear samples of uint8 values lie in [0, 255]: + 0.5 and truncation round them.
+    image = tf.cast(image + 0.5, tf.uint8)
+    image = tf.image.pad_to_bounding_box(image, pad_top, pad_left, crop_height, crop_width)
+    label = _pad_label(label, pad_top, pad_left, crop_height, crop_width)
+    image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+    label = tf.cond(flip, lambda: tf.reverse(label, axis=[1]), lambda: label)
+    left = tf.where(flip, crop_width - pad_left - width, pad_left)
+
+    if photometric:
+        matrix, contrast, brightness = _jitter_parameters(color_seed)
+    else:  # the identity map: x @ I + (1 - 1) * grey + 0 = x exactly
+        matrix, contrast, brightness = tf.eye(3), tf.constant(1.0), tf.constant(0.0)
+    box = tf.cast(tf.stack([pad_top, left, height, width]), tf.float32)
+    parameters = tf.concat([tf.reshape(matrix, [9]), tf.stack([contrast, brightness]), box], axis=0)
+
+    image = tf.ensure_shape(image, (crop_height, crop_width, 3))
+    label = tf.ensure_shape(tf.cast(label[:, :, 0], tf.uint8), (crop_height, crop_width))
+    return {DEVICE_IMAGE: image, DEVICE_PARAMETERS: parameters}, label
+
+
+def _pad_label(label: tf.Tensor, top, left, height: int, width: int) -> tf.Tensor:
+    """Pad an int32 label with `IGNORE_LABEL` (shifted by -255 around the zero padding)."""
+    return tf.image.pad_to_bounding_box(label - IGNORE_LABEL, top, left, height, width) + IGNORE_LABEL
 
 
 def _crop_window(scaled: tf.Tensor, crop: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -239,9 +288,25 @@ def _jitter_colors(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
     All four are affine maps of RGB, so they are composed into one 3x3 matrix and an offset and
     applied in a single pass (the HSV round trips of `tf.image.random_saturation`/`_hue` cost
-    several times more). Brightness adds a delta; contrast scales the distance from the mean
-    grey; saturation blends with the pixel's grey (ITU-R 601 luma); hue rotates the chroma plane
-    of YIQ, the linear stand-in for a hue shift.
+    several times more); `_jitter_parameters` draws them. `segflow.device_augment` applies the
+    same map inside the training step.
+    """
+    matrix, contrast, brightness = _jitter_parameters(seed)
+    # Saturation and hue keep greys grey, so contrast's mean grey can be taken before them.
+    mean_grey = tf.tensordot(tf.reduce_mean(image, axis=[0, 1]), tf.constant(LUMA), 1)
+    offset = (1.0 - contrast) * mean_grey + brightness
+
+    pixels = tf.reshape(image, [-1, 3]) @ matrix + offset
+    return tf.clip_by_value(tf.reshape(pixels, tf.shape(image)), 0.0, 1.0)
+
+
+def _jitter_parameters(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The random colour map of `_jitter_colors`: float32 `(matrix [3, 3], contrast, brightness)`.
+
+    A pixel row `x` in [0, 1] becomes `x @ matrix + (1 - contrast) * mean grey + brightness`,
+    clipped to [0, 1]. Brightness adds a delta; contrast scales the distance from the image's
+    mean grey; saturation blends with the pixel's grey (ITU-R 601 luma); hue rotates the chroma
+    plane of YIQ, the linear stand-in for a hue shift.
     """
     brightness_seed, contrast_seed, saturation_seed, hue_seed = tf.unstack(tf.random.split(seed, num=4))
     uniform = tf.random.stateless_uniform
@@ -251,19 +316,13 @@ def _jitter_colors(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     angle = uniform([], hue_seed, -HUE_MAX_DELTA, HUE_MAX_DELTA) * 2.0 * math.pi
 
     # Row-vector convention: a pixel is a row `x`, the transform is `x @ matrix + offset`.
-    luma = tf.constant([0.299, 0.587, 0.114])
+    luma = tf.constant(LUMA)
     saturation_matrix = saturation * tf.eye(3) + (1.0 - saturation) * luma[:, tf.newaxis] * tf.ones([1, 3])
     cos, sin = tf.cos(angle), tf.sin(angle)
     rotation = tf.stack([[1.0, 0.0, 0.0], [0.0, cos, sin], [0.0, -sin, cos]])
     rgb_to_yiq = tf.image.rgb_to_yiq(tf.eye(3))
     hue_matrix = rgb_to_yiq @ rotation @ tf.linalg.inv(rgb_to_yiq)
-    matrix = contrast * saturation_matrix @ hue_matrix
-    # Saturation and hue keep greys grey, so contrast's mean grey can be taken before them.
-    mean_grey = tf.tensordot(tf.reduce_mean(image, axis=[0, 1]), luma, 1)
-    offset = (1.0 - contrast) * mean_grey + brightness
-
-    pixels = tf.reshape(image, [-1, 3]) @ matrix + offset
-    return tf.clip_by_value(tf.reshape(pixels, tf.shape(image)), 0.0, 1.0)
+    return contrast * saturation_matrix @ hue_matrix, contrast, brightness
 
 
 def _check_size(name: str, size) -> tuple[int, int]:

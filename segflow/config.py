@@ -131,6 +131,11 @@ class TrainSettings(BaseModel):
         "auto", description="Keep the decoded train images in memory after the first epoch, so later epochs skip "
         "PNG decoding; auto = when they take at most half the available memory (H x W x 4 bytes per image).",
     )
+    augment_on_device: bool = Field(
+        False, description="Do colour jitter and normalisation in the training step (on the GPU) instead of the "
+        "CPU input pipeline, which then sends uint8 crops: more images/s per CPU core and 4x fewer bytes to the "
+        "device. Off by default: see BENCHMARKS.md.",
+    )
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
     )

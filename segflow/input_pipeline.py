@@ -8,6 +8,10 @@ or `augment.parse_eval` in a parallel map → batch → prefetch. Batches:
 - labels: int32 `[B, H, W]` of trainIds, 255 (`IGNORE_LABEL`) for void and crop padding; use
   `keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)`.
 
+With `augment_on_device`, training batches leave colour jitter and normalisation to the
+training step (`segflow.device_augment`): images are uint8 crops with their per-example colour
+maps, labels uint8, a quarter of the bytes to copy to the device.
+
 With an integer seed the stream is reproducible: shard order, shuffle and every example's
 augmentation (a stateless seed `(seed, position in the stream)`) depend only on it.
 
@@ -70,6 +74,7 @@ def make_dataset(
     shuffle_buffer: int = SHUFFLE_BUFFER,
     repeat: bool | None = None,
     cache_decoded: str = "off",
+    augment_on_device: bool = False,
 ) -> tf.data.Dataset:
     """Batches of `(images, labels)` from TFRecord shards (see the module docstring for dtypes).
 
@@ -94,6 +99,9 @@ def make_dataset(
         repeat: loop forever; default: `training`.
         cache_decoded: training: keep the decoded images and labels in memory after the first
             epoch: `"on"`, `"off"`, or `"auto"` (on when they fit, see `cache_decision`).
+        augment_on_device: training: leave colour jitter and normalisation to the training
+            step (`segflow.device_augment`); batches are then `({"image": uint8 [B, H, W, 3],
+            "augment": float32 [B, 15]}, uint8 labels [B, H, W])`.
 
     Example:
         make_dataset("records", "train", training=True, batch_size=8, crop_size=(512, 1024))
@@ -133,8 +141,9 @@ def make_dataset(
             image, label = example if cache else _decode(example)
             pair_seed = tf.stack([tf.constant(example_seed, tf.int64), index])
             return augment.augment_train(
-                image, label, crop_size, scale_range, resize, seed=pair_seed, photometric=photometric
-            )
+                image, label, crop_size, scale_range, resize, seed=pair_seed, photometric=photometric,
+                for_device=augment_on_device,
+            )  # fmt: skip
 
         dataset = dataset.enumerate().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     else:
@@ -193,13 +202,15 @@ def per_core_rate(
     resize: tuple[int, int] | None = None,
     scale_range: tuple[float, float] = augment.SCALE_RANGE,
     cached: bool,
+    for_device: bool = False,
     num_examples: int = 4,
     rounds: int = 2,
 ) -> float:
     """Training images per CPU-second on one core, from a short timed sample of the records.
 
     Times `augment.parse_train` (`cached=False`: the PNGs decoded every time) or only
-    `augment.augment_train` on decoded tensors held in memory (`cached=True`) over the first
+    `augment.augment_train` on decoded tensors held in memory (`cached=True`), with colour jitter
+    and normalisation left to the device or not (`for_device`), over the first
     `num_examples` records, held in memory so that disk reads do not count, on a private tf.data
     thread pool of one thread. CPU time of this process is used, so other processes on the
     machine do not change the result. Best of `rounds` passes, after one untimed pass.
@@ -213,7 +224,7 @@ def per_core_rate(
     def parse(index, example):
         image, label = example if cached else _decode(example)
         seed = tf.stack([tf.constant(0, tf.int64), index])
-        return augment.augment_train(image, label, crop_size, scale_range, resize, seed=seed)
+        return augment.augment_train(image, label, crop_size, scale_range, resize, seed=seed, for_device=for_device)
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
@@ -258,12 +269,14 @@ def startup_line(config, records_dir: str | os.PathLike, model, gpus: int | None
         )
     else:
         line = "input pipeline: PNGs decoded every epoch (cache_decoded=off)"
+    if config.augment_on_device:
+        line += "; colour jitter and normalisation in the training step (augment_on_device)"
     gpus = len(tf.config.list_logical_devices("GPU")) if gpus is None else gpus
     if gpus:
         cores = len(os.sched_getaffinity(0))
         rate = per_core_rate(
             records_dir, "train", crop_size=config.train_size, resize=config.image_size,
-            scale_range=config.scale_range, cached=cache,
+            scale_range=config.scale_range, cached=cache, for_device=config.augment_on_device,
         )
         from segflow.models.complexity import gflops
 
@@ -271,6 +284,8 @@ def startup_line(config, records_dir: str | os.PathLike, model, gpus: int | None
         line += f"; supplies ~{rate * cores:.0f} images/s on this machine ({cores} cores × {rate:.1f})"
         line += f", {gpus} GPU(s) could train ~{demand:.0f} images/s of {config.architecture}"
         line += " at 40 % of an H100's bf16 peak: INPUT-BOUND" if rate * cores < demand else ": not input-bound"
+        if rate * cores < demand and not config.augment_on_device:
+            line += " (--augment-on-device moves colour jitter and normalisation to the GPU, see BENCHMARKS.md)"
     return line
 
 

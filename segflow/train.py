@@ -186,7 +186,8 @@ def default_strategy():
 def build_training_model(config: TrainConfig, records_dir: Path, total_steps: int, *, backbone: bool = True) -> keras.Model:
     """The model at the training size, compiled with loss(es), optimizer and schedule; with
     `backbone`, its encoder starts from `config.backbone_weights` (a resumed run restores a
-    checkpoint instead)."""
+    checkpoint instead). With `config.augment_on_device` it takes uint8 crops and their colour
+    maps (`segflow.device_augment.with_device_augment`)."""
     from segflow import models
     from segflow.losses import SegmentationCrossEntropy
     from segflow.schedules import PolyWarmup
@@ -204,6 +205,10 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         for layer in _all_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = config.batchnorm_momentum
+    if config.augment_on_device:  # uint8 crops in; jitter and normalisation in the step
+        from segflow.device_augment import with_device_augment
+
+        model = with_device_augment(model)
     class_weights = _class_weights(records_dir) if config.class_weights else None
     loss = SegmentationCrossEntropy(
         class_weights=class_weights,
@@ -352,6 +357,7 @@ def _fit(
             scale_range=config.scale_range,
             seed=config.seed + first_step,
             cache_decoded=config.cache_decoded,
+            augment_on_device=config.augment_on_device,
         )
         if num_outputs > 1:  # ICNet's cascade: every output is scored against the same labels
             batches = batches.map(lambda images, labels: (images, (labels,) * num_outputs))

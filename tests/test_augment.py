@@ -244,3 +244,79 @@ def test_the_fast_cpu_normalisation_equals_the_textbook_formula():
 
     np.testing.assert_allclose(fast, augment.normalize_image(pixels).numpy(), atol=1e-6)
     np.testing.assert_allclose(fast, normalized(pixels.numpy() * 255.0), atol=1e-5)
+
+
+# === Colour jitter and normalisation on the device (segflow.device_augment) ===
+
+
+def cpu_and_device(image, label, seed, crop_size=(80, 96), **kwargs):
+    """`augment_train` on the CPU path, and the device path through `JitterAndNormalize`, same seed."""
+    from segflow.device_augment import JitterAndNormalize
+
+    seed = tf.constant(seed, tf.int64)
+    cpu_image, cpu_label = augment.augment_train(image, label[..., None], crop_size, seed=seed, **kwargs)
+    inputs, device_label = augment.augment_train(image, label[..., None], crop_size, seed=seed, for_device=True, **kwargs)
+    device_image = JitterAndNormalize()({key: value[tf.newaxis] for key, value in inputs.items()})[0]
+    return (cpu_image.numpy(), cpu_label.numpy()), (np.asarray(device_image), device_label.numpy()), inputs
+
+
+@pytest.mark.parametrize("photometric", [True, False])
+def test_the_device_stage_equals_the_cpu_path_on_the_same_seed(photometric):
+    """At scale 1 the crop samples whole pixels, so the uint8 hand-over loses nothing: the two
+    paths agree to float32 rounding, padding (rows 64..79 of an 80-high crop) and flips included."""
+    image, label = random_example(64, 128, seed=5)
+    flips = set()
+    for seed in range(8):
+        (cpu_image, cpu_label), (device_image, device_label), inputs = cpu_and_device(
+            image, label, [seed, 11], scale_range=(1.0, 1.0), photometric=photometric
+        )
+        np.testing.assert_allclose(device_image, cpu_image, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(device_label, cpu_label)
+        assert inputs["image"].dtype == tf.uint8 and device_label.dtype == np.uint8
+        # 64 real rows somewhere in the 80 (the box says where), padding around them.
+        top, left, height, width = inputs["augment"].numpy()[11:]
+        assert (left, height, width) == (0, 64, 96)
+        real = np.zeros(80, bool)
+        real[int(top) : int(top) + 64] = True
+        assert np.all(cpu_label[~real] == IGNORE_LABEL)
+        assert np.all(device_image[~real] == 0) and np.all(cpu_image[~real] == 0)
+        windows = [label[:, x : x + 96] for x in range(33)]
+        flips.add(not any(np.array_equal(device_label[real], window) for window in windows))
+    assert flips == {False, True}
+
+
+def test_the_device_stage_differs_from_the_cpu_path_only_by_rounding_the_crop_to_uint8():
+    """With random scales the crop is bilinear: the uint8 hand-over rounds each channel by at most
+    0.5 / 255, which the colour matrix and the normalisation scale by at most
+    sum |matrix[:, c]| / stddev[c] (the mean grey moves by less than the rounding too)."""
+    image, label = random_example(64, 128, seed=6)
+    padded = 0
+    for seed in range(8):
+        (cpu_image, cpu_label), (device_image, device_label), inputs = cpu_and_device(image, label, [seed, 12])
+        matrix = inputs["augment"].numpy()[:9].reshape(3, 3)
+        bound = 0.5 / 255 * (np.abs(matrix).sum(axis=0) + 0.2) / np.array(augment.STDDEV_RGB) + 1e-5
+        np.testing.assert_array_equal(device_label, cpu_label)
+        assert np.all(np.abs(device_image - cpu_image) <= bound)
+        top, left, height, width = inputs["augment"].numpy()[11:].astype(int)
+        padding = np.ones(cpu_label.shape, bool)
+        padding[top : top + height, left : left + width] = False
+        assert np.all(device_image[padding] == 0) and np.all(cpu_image[padding] == 0)
+        padded += padding.any()
+    assert padded  # some crops were padded (scales below 80 / 64 = 1.25)
+    assert np.abs(device_image - cpu_image).max() > 1e-4  # the bilinear crop was really rounded
+
+
+def test_the_device_stage_handles_a_batch_of_differently_padded_crops():
+    """Each example is jittered with its own matrix and its own box: a batch of three equals the
+    three examples one by one (a 40x80 image scaled 1x into an 48x96 crop is padded on two sides)."""
+    from segflow.device_augment import JitterAndNormalize
+
+    image, label = random_example(40, 80, seed=7)
+    examples = [
+        augment.augment_train(image, label[..., None], (48, 96), (1.0, 1.0), seed=tf.constant([seed, 2], tf.int64), for_device=True)[0]
+        for seed in range(3)
+    ]
+    batch = {key: tf.stack([example[key] for example in examples]) for key in examples[0]}
+    assert len({tuple(example["augment"].numpy()[11:]) for example in examples}) > 1  # other boxes
+    one_by_one = [JitterAndNormalize()({key: value[tf.newaxis] for key, value in example.items()})[0] for example in examples]
+    np.testing.assert_allclose(np.asarray(JitterAndNormalize()(batch)), np.stack(one_by_one), atol=1e-6)

@@ -217,6 +217,16 @@ def test_startup_line_reports_the_cache_and_an_input_bound_run(records_dir):
     )
     line = input_pipeline.startup_line(config.model_copy(update={"cache_decoded": "off"}), folder, tiny, gpus=1)
     assert line.startswith("input pipeline: PNGs decoded every epoch (cache_decoded=off); supplies ~")
+    assert line.endswith(
+        "images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND"
+        " (--augment-on-device moves colour jitter and normalisation to the GPU, see BENCHMARKS.md)"
+    )
+    on_device = config.model_copy(update={"cache_decoded": "off", "augment_on_device": True})
+    line = input_pipeline.startup_line(on_device, folder, tiny, gpus=1)
+    assert line.startswith(
+        "input pipeline: PNGs decoded every epoch (cache_decoded=off); colour jitter and normalisation in the"
+        " training step (augment_on_device); supplies ~"
+    )
     assert line.endswith("images/s of unet at 40 % of an H100's bf16 peak: INPUT-BOUND")
 
 
@@ -226,3 +236,24 @@ def _assert_same_batches(first, again):
     for (images, labels), (images_again, labels_again) in zip(first, again, strict=True):
         np.testing.assert_array_equal(images, images_again)
         np.testing.assert_array_equal(labels, labels_again)
+
+
+def test_augment_on_device_batches_through_the_device_layer_equal_the_cpu_batches(records_dir):
+    """Same seed, scale 1 (no resampling, so the uint8 hand-over is exact): a model behind
+    `with_device_augment` sees the CPU path's normalised, jittered, padded batches; labels equal."""
+    import keras
+
+    from segflow.device_augment import with_device_augment
+
+    folder, _ = records_dir
+    settings = dict(training=True, batch_size=3, crop_size=(32, 40), scale_range=(1.0, 1.0), seed=4)
+    cpu = first_batches(input_pipeline.make_dataset(folder, "train", **settings), 2)
+    device = list(input_pipeline.make_dataset(folder, "train", augment_on_device=True, **settings).take(2))
+    identity = keras.Sequential([keras.Input((32, 40, 3)), keras.layers.Identity()])
+    model = with_device_augment(identity)
+    for (cpu_images, cpu_labels), (inputs, labels) in zip(cpu, device):
+        assert inputs["image"].dtype == tf.uint8 and labels.dtype == tf.uint8
+        np.testing.assert_array_equal(labels.numpy(), cpu_labels)
+        np.testing.assert_allclose(np.asarray(model(inputs)), cpu_images, atol=1e-5, rtol=1e-5)
+        padded_rows = np.all(cpu_images == 0, axis=(2, 3))  # 24 real rows in each 32-high crop
+        assert list(padded_rows.sum(axis=1)) == [32 - HEIGHT] * 3

@@ -180,6 +180,43 @@ def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(re
         assert abs(ignored - expected) > 0.05 * expected  # dropping either option shows
 
 
+@pytest.mark.slow
+def test_with_augment_on_device_the_step_gets_uint8_crops_trains_exports_and_resumes(records, tmp_path, monkeypatch):
+    """The training model takes uint8 crops and colour maps (segflow.device_augment); checkpoints
+    restore into it; the exported model still takes normalised float32 images of the full size."""
+    import keras
+
+    from segflow.config import TrainConfig
+    from segflow.evaluate import load_model
+    from segflow.train import train
+
+    seen = {}
+    fit = keras.Model.fit
+
+    def spy_fit(model, x=None, *args, **kwargs):
+        seen.setdefault("batch", next(iter(x)))
+        seen.setdefault("input_names", sorted(model.input))
+        return fit(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spy_fit)
+    config = TrainConfig(
+        architecture="unet", width=0.0625, image_size=(64, 128), crop_size=(64, 64), val_image_size=(32, 64),
+        batch_size=2, epochs=2, steps_per_epoch=2, warmup_steps=0, augment_on_device=True,
+    )  # fmt: skip
+    result = train(config, records, tmp_path / "run", verbose=0)
+    assert [entry["step"] for entry in result.history] == [2, 4]
+    assert all(np.isfinite(entry["loss"]) for entry in result.history) and 0 <= result.val_miou <= 1
+    inputs, labels = seen["batch"]
+    assert seen["input_names"] == ["augment", "image"]
+    assert inputs["image"].dtype == "uint8" and inputs["image"].shape == (2, 64, 64, 3)
+    assert inputs["augment"].shape == (2, 15) and labels.dtype == "uint8" and labels.shape == (2, 64, 64)
+    exported = load_model(result.model_path)
+    assert exported.input_shape == (None, 64, 128, 3) and exported.input.dtype == "float32"
+
+    again = train(config, records, tmp_path / "run", verbose=0)  # restores the last checkpoint
+    assert again.resumed_from_step == 4 and again.optimizer_updates == 4
+
+
 # The first, killed run trains under MirroredStrategy on two logical CPU devices, which stand in
 # for two GPUs (the same code path), so one pair of processes tests both distribution and resume.
 FIRST_RUN_SCRIPT = """
