@@ -120,3 +120,20 @@ def trained(trained_with_warnings):
 def training_warnings(trained_with_warnings):
     """The Python warnings raised while `trained` trained."""
     return trained_with_warnings[1]
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The environment for `docker` commands on the opt-in tests' engine (tests/docker_images.py)."""
+    from docker_images import engine
+
+    with engine() as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def local_bases(docker_engine, tmp_path_factory):
+    """Build arguments of docker/Dockerfile naming locally made bases (no registry needed)."""
+    from docker_images import local_bases
+
+    return local_bases(docker_engine, tmp_path_factory.mktemp("bases"))

@@ -2,7 +2,7 @@
 hadolint, Docker Compose v2, a real `prefect server`, cfn-lint, and an S3 server that enforces IAM.
 
 Building and running the image needs a Docker engine and is opt-in: SEGFLOW_DOCKER_TESTS=1
-(see test_image_builds_and_runs_from_a_local_base).
+(tests/docker_images.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import typing
 import urllib.error
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from docker_images import build_image, docker_tests, run
 from servers import free_port, stop, tool, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
@@ -514,127 +513,14 @@ def test_prefect_server_accepts_the_work_pools_and_workers_render_them(prefect_a
     assert default_job.job_manifest["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
-# === Opt-in: build the image and run it on a private Docker engine ===
-# Needs root, `apt-get install docker.io debootstrap`, PyPI and a Debian mirror; takes ~10 min and
-# ~6 GB of temporary disk. Run: SEGFLOW_DOCKER_TESTS=1 pytest tests/test_infra.py -k builds_and_runs
-# The engine stores layers with overlay2; where /tmp cannot hold overlay mounts (e.g. inside another
-# container) set SEGFLOW_DOCKER_STORAGE_DRIVER=vfs (much slower: every build step copies the image).
-# Registries are out of reach here, so the bases are made locally: a Debian 12 root file system
-# (with Debian's Python 3.11) stands in for the CUDA base, and uv's PyPI wheel for uv's image. The
-# image is built with the CPU build of TensorFlow (TENSORFLOW_EXTRA=cpu); the Dockerfile is the one
-# the GPU build uses.
-
-docker_tests = pytest.mark.skipif(
-    os.environ.get("SEGFLOW_DOCKER_TESTS") != "1", reason="builds images on a Docker engine: set SEGFLOW_DOCKER_TESTS=1"
-)
-BUILD_CONTEXT = ("pyproject.toml", "constraints.txt", "README.md", "docker/Dockerfile", "docker/constraints-image.txt", "segflow", "segflow_prefect")
-
-
-def run(arguments: list[str], env: dict | None = None, **options) -> str:
-    result = subprocess.run(arguments, env=env, capture_output=True, text=True, **options)
-    assert result.returncode == 0, f"{' '.join(arguments)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
-def docker_import(directory: Path, tag: str, env: dict, *changes: str) -> None:
-    archive = subprocess.Popen(["tar", "-C", str(directory), "-c", "."], stdout=subprocess.PIPE)
-    arguments = ["docker", "import"] + [f"--change={change}" for change in changes] + ["-", tag]
-    result = subprocess.run(arguments, stdin=archive.stdout, env=env, capture_output=True, text=True)
-    archive.wait()
-    assert result.returncode == 0 and archive.returncode == 0, result.stderr
-
-
-@pytest.fixture(scope="module")
-def docker_engine():
-    """A private dockerd (no bridge, no iptables) on its own socket; yields the environment for
-    `docker` commands. Stopped and its files removed afterwards."""
-    for command in ("dockerd", "docker", "debootstrap"):
-        assert shutil.which(command), f"SEGFLOW_DOCKER_TESTS=1 needs `{command}`: apt-get install docker.io debootstrap"
-    assert os.geteuid() == 0, "dockerd and debootstrap need root"
-    root = Path(f"/tmp/segflow-dockerd-{uuid.uuid4().hex[:8]}")  # short: the socket path has a length limit
-    root.mkdir()
-    log = open(root / "dockerd.log", "w")
-    daemon = subprocess.Popen(
-        ["dockerd", f"--storage-driver={os.environ.get('SEGFLOW_DOCKER_STORAGE_DRIVER', 'overlay2')}", "--iptables=false", "--ip6tables=false", "--bridge=none",
-         f"--data-root={root}/data", f"--exec-root={root}/exec", f"--pidfile={root}/dockerd.pid",
-         "-H", f"unix://{root}/docker.sock"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    env = {**os.environ, "DOCKER_HOST": f"unix://{root}/docker.sock", "DOCKER_BUILDKIT": "0", "DOCKER_CONFIG": str(root / "config")}
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["docker", "version"], env=env, capture_output=True).returncode != 0:
-            assert daemon.poll() is None and time.monotonic() < deadline, (root / "dockerd.log").read_text()[-2000:]
-            time.sleep(0.5)
-        yield env
-    finally:
-        stop(daemon)
-        log.close()
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if str(root) in line]
-        for mount in sorted(mounts, reverse=True):
-            subprocess.run(["umount", "-l", mount], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def local_bases(docker_engine, tmp_path_factory):
-    """Build arguments naming the locally made stand-ins for the CUDA base and uv's image."""
-    work = tmp_path_factory.mktemp("bases")
-    rootfs = work / "rootfs"
-    run(["debootstrap", "--variant=minbase", "--include=python3.11,ca-certificates", "bookworm", str(rootfs), "http://deb.debian.org/debian"])
-    # This machine reaches PyPI through a TLS-inspecting proxy: the base trusts the host's CAs.
-    shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/ca-certificates.crt")
-    docker_import(rootfs, "segflow-test/base:bookworm", docker_engine, "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt")
-    shutil.rmtree(rootfs, ignore_errors=True)
-
-    arguments = dict(line.removeprefix("ARG ").split("=", 1) for line in dockerfile_stages()[""] if line.startswith("ARG "))
-    uv_version = arguments["UV_IMAGE"].rsplit(":", 1)[1]
-    run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", f"uv=={uv_version}", "-d", str(work)])
-    [wheel] = work.glob("uv-*.whl")
-    import zipfile
-
-    uv_root = work / "uv"
-    uv_root.mkdir()
-    with zipfile.ZipFile(wheel) as archive:
-        [member] = [name for name in archive.namelist() if name.endswith("/scripts/uv")]
-        (uv_root / "uv").write_bytes(archive.read(member))
-    (uv_root / "uv").chmod(0o755)
-    docker_import(uv_root, f"segflow-test/uv:{uv_version}", docker_engine)
-    return {
-        "BASE_IMAGE": "segflow-test/base:bookworm",
-        "UV_IMAGE": f"segflow-test/uv:{uv_version}",
-        "PYTHON_VERSION": "3.11",  # Debian's, found by uv instead of a download from GitHub
-        "TENSORFLOW_EXTRA": "cpu",
-    }
-
-
-def build_image(target: str, build_arguments: dict, env: dict, context: Path) -> str:
-    tag = f"segflow-test/{target}:latest"
-    arguments = ["docker", "build", "--network=host", "--file", "docker/Dockerfile", "--target", target, "--tag", tag]
-    for name, value in build_arguments.items():
-        arguments.append(f"--build-arg={name}={value}")
-    run(arguments + [str(context)], env=env, timeout=1800)
-    return tag
-
-
-@pytest.fixture(scope="module")
-def build_context(tmp_path_factory) -> Path:
-    """The files docker/Dockerfile.dockerignore lets through (the legacy builder ignores that file)."""
-    context = tmp_path_factory.mktemp("context")
-    for name in BUILD_CONTEXT:
-        source, target = REPO / name, context / name
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
-    return context
+# === Opt-in: build the image and run it on a Docker engine (tests/docker_images.py) ===
+# Run: SEGFLOW_DOCKER_TESTS=1 pytest tests/test_infra.py -k builds_and_runs
 
 
 @docker_tests
 @pytest.mark.slow
-def test_image_builds_and_runs_from_a_local_base(docker_engine, local_bases, build_context):
-    worker = build_image("worker", local_bases, docker_engine, build_context)
+def test_image_builds_and_runs_from_a_local_base(docker_engine, local_bases, tmp_path):
+    worker = build_image("worker", local_bases, docker_engine, tmp_path)
     script = (
         "id -u; segflow --help >/dev/null && echo cli-ok; "
         "python -c 'import tensorflow as tf, prefect, keras; print(tf.__version__, prefect.__version__, keras.backend.backend())'; "
@@ -646,7 +532,7 @@ def test_image_builds_and_runs_from_a_local_base(docker_engine, local_bases, bui
     assert "2.21.0 3.8.8 tensorflow" in output
     assert "(None, 64, 128, 19)" in output
 
-    tensorboard = build_image("tensorboard", local_bases, docker_engine, build_context)
+    tensorboard = build_image("tensorboard", local_bases, docker_engine, tmp_path)
     container = run(["docker", "run", "--detach", "--network=none", tensorboard], env=docker_engine).strip()
     try:
         health_check = json.loads(run(["docker", "inspect", "--format", "{{json .Config.Healthcheck.Test}}", container], env=docker_engine))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from docker_images import docker_tests
 from servers import REPO, api_json, stop, tail, tool, wait_for_flow_run
 
 from segflow import storage
@@ -27,15 +29,16 @@ ARCHITECTURES = ["unet", "segnet"]
 ARCHITECTURES_ALL = ["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]  # infra/scale-out.yaml
 
 
-def create_pools(api: str, names: list[str], pool_type: str = "process") -> None:
-    """What `prefect work-pool create NAME --type TYPE` does, through the API of this process."""
+def create_pools(api: str, names: list[str], pool_type: str = "process", templates: list[dict] | None = None) -> None:
+    """What `prefect work-pool create NAME --type TYPE [--base-job-template FILE]` does, through
+    the API of this process."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
-        for name in names:
-            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
+        for name, template in zip(names, templates or [{}] * len(names)):
+            client.create_work_pool(WorkPoolCreate(name=name, type=pool_type, base_job_template=template))
 
 
 def deploy_process_pools(api: str, cpu_pool: str, gpu_pool: str, params) -> list:
@@ -50,12 +53,12 @@ def deploy_process_pools(api: str, cpu_pool: str, gpu_pool: str, params) -> list
 
 
 @contextlib.contextmanager
-def worker(pool: str, env: dict, log_path: Path, limit: int):
+def worker(pool: str, env: dict, log_path: Path, limit: int, pool_type: str = "process"):
     """`prefect worker start --pool POOL --limit LIMIT` in its own process group (its flow runs
     and their training children inherit it); the whole group is killed afterwards."""
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [tool("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--limit", str(limit)],
+            [tool("prefect"), "worker", "start", "--pool", pool, "--type", pool_type, "--limit", str(limit)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -285,3 +288,105 @@ def test_a_lost_gpu_worker_s_trainings_resume_on_another_from_the_store(prefect_
         assert int(resumed) == int(downloaded.removeprefix("step-")) > 0
         history = storage.read_json(storage.join(out_uri, "history.json"))
         assert [(entry["step"], entry["optimizer_updates"]) for entry in history] == [(steps, steps)], history
+
+
+# === Opt-in: the same scenario through Docker pools (SEGFLOW_DOCKER_TESTS=1, tests/docker_images.py) ===
+
+
+def docker_pool_template(name: str, image: str, env: dict) -> dict:
+    """infra/work-pools/NAME-docker.json with this machine's defaults: the test image (never
+    pulled: there is no registry), the host's network (the containers reach the Prefect server and
+    moto's S3 server on 127.0.0.1), the store's endpoint and dummy credentials in `env`, and no
+    GPU request (no NVIDIA runtime here)."""
+    template = json.loads((REPO / "infra" / "work-pools" / f"{name}-docker.json").read_text())
+    variables = template["variables"]["properties"]
+    variables["image"]["default"] = image
+    variables["image_pull_policy"]["default"] = "Never"
+    variables["network_mode"]["default"] = "host"
+    variables["env"]["default"] = env
+    variables["container_create_kwargs"]["default"] = None
+    return template
+
+
+@docker_tests
+@pytest.mark.slow
+def test_docker_pools_run_the_pipeline_and_each_training_in_its_own_container(
+    prefect_api, s3_bucket, s3_endpoint, tmp_path, docker_engine, local_bases
+):
+    """`segflow deploy --pool-type docker --image IMAGE` onto Docker pools made from
+    infra/work-pools/, one `prefect worker start --type docker` on each: the pipeline runs in a
+    container of the CPU pool, each architecture's training in its own container of the GPU pool
+    (CPU TensorFlow here), all from the image built from docker/Dockerfile."""
+    from docker_images import build_image
+
+    image = build_image("worker", local_bases, docker_engine, tmp_path)
+    api, prefect_env = prefect_api
+    suffix = uuid.uuid4().hex[:8]
+    cpu_pool, gpu_pool = f"docker-cpu-{suffix}", f"docker-gpu-{suffix}"
+    container_env = {
+        **{key: os.environ[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")},
+        "SEGFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "SEGFLOW_GPU_IDS": "",
+    }
+    create_pools(api, [cpu_pool, gpu_pool], "docker",
+                 [docker_pool_template(name, image, container_env) for name in ("segflow-cpu", "segflow-gpu")])  # fmt: skip
+    # The containers' user (10001) owns /data; nothing of theirs lands on this machine's disk.
+    params = demo_params(architectures=ARCHITECTURES, epochs=1, steps_per_epoch=2, results_uri=s3_bucket, work_dir="/data/work")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from segflow_prefect.flows.deploy import deploy_to_work_pools
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        ids = deploy_to_work_pools(image, params=params, pool_type="docker", cpu_pool=cpu_pool, gpu_pool=gpu_pool)
+    assert len(ids) == 6
+    env = {
+        **prefect_env,
+        "DOCKER_HOST": docker_engine["DOCKER_HOST"],
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
+    cpu_log, gpu_log = tmp_path / "cpu-worker.log", tmp_path / "gpu-worker.log"
+    logs = lambda: f"CPU worker:\n{tail(cpu_log)}\nGPU worker:\n{tail(gpu_log)}"  # noqa: E731
+    started = time.monotonic()
+    with (
+        worker(cpu_pool, env, cpu_log, limit=1, pool_type="docker"),
+        worker(gpu_pool, env, gpu_log, limit=2, pool_type="docker"),
+    ):
+        deployment = api_json(f"{api}/deployments/name/cityscapes-pipeline/cityscapes-pipeline")
+        pipeline = api_json(f"{api}/deployments/{deployment['id']}/create_flow_run", {})
+        finished = wait_for_flow_run(api, pipeline["id"], timeout_s=1800, log_path=gpu_log)
+        assert finished["state_type"] == "COMPLETED", f"{finished['state_name']}: {finished['state']['message']}\n{logs()}"
+        trainings = flow_runs_in_pool(api, gpu_pool)
+    print(f"Docker pools: pipeline run of {len(ARCHITECTURES)} architectures in {time.monotonic() - started:.0f} s")
+
+    assert finished["work_pool_name"] == cpu_pool
+    assert finished["state"]["message"] == "2 architectures trained and evaluated"
+    assert sorted(run["parameters"]["architecture"] for run in trainings) == sorted(ARCHITECTURES)
+    assert all(run["state_type"] == "COMPLETED" for run in trainings), trainings
+    first, second = sorted(trainings, key=lambda run: run["start_time"])
+    assert second["start_time"] < first["end_time"], "the two trainings did not overlap"
+    # Each flow run ran in its own container of the image, on the host's network, started by its
+    # pool's worker (whose log streams the container's output).
+    containers = {}
+    for run, log in [(finished, cpu_log)] + [(run, gpu_log) for run in trainings]:
+        container_id = run["infrastructure_pid"].rsplit(":", 1)[1]
+        inspected = json.loads(subprocess.run(["docker", "inspect", container_id], env=docker_engine, capture_output=True,
+                                              text=True, check=True).stdout)[0]  # fmt: skip
+        containers[run["id"]] = container_id
+        assert inspected["Config"]["Image"] == image and inspected["HostConfig"]["NetworkMode"] == "host", inspected["Config"]
+        assert inspected["State"]["ExitCode"] == 0 and inspected["Config"]["User"] == "10001:10001"
+        assert run["id"] in log.read_text()
+    assert len(set(containers.values())) == 3
+    assert pipeline["id"] not in gpu_log.read_text()
+    for run in trainings:
+        assert run["id"] not in cpu_log.read_text()
+        metrics = storage.read_json(storage.join(run["parameters"]["out_uri"], METRICS_FILE))
+        assert 0.0 <= metrics["miou"] <= 1.0 and metrics["num_images"] == 4, metrics
+    # The report and latest.json are in the S3 store.
+    latest = storage.read_json(storage.join(s3_bucket, "latest.json"))
+    record = storage.read_json(storage.join(latest["uri"], "run.json"))
+    assert record["flow_run_id"] == pipeline["id"]
+    assert record["architectures"] == {arch: {"status": "completed", "error": None} for arch in ARCHITECTURES}
+    report = storage.read_text(storage.join(latest["uri"], "report", "report.html"))
+    assert all(arch in report for arch in ARCHITECTURES)
+    subprocess.run(["docker", "rm", "--force", *containers.values()], env=docker_engine, capture_output=True)
