@@ -99,3 +99,15 @@ def test_poly_schedule_warms_up_linearly_then_decays_to_the_end_rate():
     assert PolyWarmup.from_config(schedule.get_config()).get_config() == schedule.get_config()
     with pytest.raises(ValueError, match="warmup_steps"):
         PolyWarmup(0.1, total_steps=10, warmup_steps=11)
+
+
+def test_poly_schedule_defaults_are_deeplabs_and_a_warmup_may_span_every_step():
+    # Defaults: no warmup, power 0.9, decay to 0 (DeepLab's poly schedule, Chen et al. 2017, 4.1).
+    schedule = PolyWarmup(0.01, total_steps=100)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)
+    assert float(schedule(100)) == 0.0
+    assert float(PolyWarmup(0.01, total_steps=1)(1)) == 0.0  # a one-step decay still ends at the end rate
+    assert float(PolyWarmup(0.01, total_steps=10, warmup_steps=10)(10)) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        PolyWarmup(0.01, total_steps=10, warmup_steps=-1)
