@@ -146,3 +146,34 @@ def test_check_png_chunks_finds_truncated_and_damaged_files():
     assert layout.check_png_chunks(png[:-12]) == "truncated PNG: no IEND chunk"
     assert layout.check_png_chunks(bytes(damaged)) == "corrupt PNG: chunk IDAT at byte 33 fails its CRC"
     assert layout.check_png_chunks(b"GIF89a") == "not a PNG file"
+    assert layout.check_png_chunks(png[:33] + png[-12:]) == "corrupt PNG: no image data"  # IHDR, IEND only
+    damaged_header = bytearray(png)
+    damaged_header[20] ^= 0xFF  # the width, inside IHDR
+    with pytest.raises(ValueError, match="^corrupt PNG header$"):
+        layout.read_png_header(bytes(damaged_header[: layout.PNG_HEADER_SIZE]))
+
+
+def test_discover_names_the_dataset_and_each_unpaired_file(dataset):
+    label = _files(dataset / "gtFine" / "val", LABEL_IDS_SUFFIX)[0]
+    label.unlink()
+    image = label.relative_to(dataset / "gtFine").parent / label.name.replace(LABEL_IDS_SUFFIX, IMAGE_SUFFIX)
+
+    with pytest.raises(SegflowError) as raised:
+        layout.discover(dataset)
+
+    assert str(raised.value).startswith(
+        f"1 problem in the dataset at {dataset}:\n  leftImg8bit/{image}: image without label"
+    )
+
+
+def test_validate_names_an_image_that_is_not_8_bit_rgb(dataset):
+    image = _files(dataset / "leftImg8bit" / "val", IMAGE_SUFFIX)[0]
+    height, width = np.asarray(Image.open(image)).shape[:2]
+    _save(image, np.zeros((height, width, 4), np.uint8))
+
+    with pytest.raises(SegflowError) as raised:
+        layout.validate(dataset)
+
+    assert f"{image.relative_to(dataset)}: wrong mode 8-bit RGBA, expected 8-bit RGB (as `segflow predict`)" in str(
+        raised.value
+    )

@@ -77,6 +77,8 @@ def test_enet_class_weights_favour_rare_classes_and_are_bounded():
     weights = class_weights_from_pixel_counts([900_000, 90_000, 10_000, 0])
     np.testing.assert_allclose(weights, 1 / np.log(1.02 + np.array([0.9, 0.09, 0.01, 0.0])), rtol=1e-6)
     assert weights[0] < weights[1] < weights[2] < weights[3] == pytest.approx(1 / np.log(1.02))
+    # One labelled pixel is a positive sum too.
+    np.testing.assert_allclose(class_weights_from_pixel_counts([1, 0]), 1 / np.log(1.02 + np.array([1.0, 0.0])))
     with pytest.raises(ValueError, match="positive sum"):
         class_weights_from_pixel_counts([0, 0])
 

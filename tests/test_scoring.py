@@ -245,6 +245,22 @@ def test_size_mismatch(dataset):
         scoring.score_folder(predictions, ground_truth_root)
 
 
+def test_ground_truth_with_mismatched_instance_ids_or_colour_labels_names_the_files(dataset):
+    predictions, ground_truth_root, ground_truth_files = dataset
+    label_path = ground_truth_files[0]
+    instance_path = label_path.with_name(label_path.name.replace("labelIds", "instanceIds"))
+    Image.open(instance_path).resize((64, 32), Image.NEAREST).save(instance_path)
+    with pytest.raises(SegflowError, match=rf"{instance_path} is 64x32, but {label_path} is 128x64"):
+        scoring.score_folder(predictions, ground_truth_root)
+    Image.open(label_path).convert("RGB").save(label_path)
+    with pytest.raises(SegflowError, match=rf"{label_path} has 3 channels \(RGB\); expected one"):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_an_unknown_split_is_named_with_the_known_ones(tmp_path):
+    with pytest.raises(SegflowError, match=r"unknown split 'bogus'; expected one of train, val, test"):
+        scoring.find_ground_truth(tmp_path, "bogus")
+
 def test_no_ground_truth(tmp_path):
     (tmp_path / "predictions").mkdir()
     with pytest.raises(SegflowError, match=r"no ground truth found: .*gtFine/val"):

@@ -258,3 +258,17 @@ def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowh
         for place, blob in [("terminal", terminal), ("results", published),
                             ("work folder", work_files), ("Prefect database", database_bytes)]:  # fmt: skip
             assert secret.encode() not in blob, f"{secret} found in the {place}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("https:/host/x", r"'https:/host/x' is malformed; expected https://\.\.\."),
+        ("https://", r"'https://' has no host; expected https://host/path"),
+        ("file://otherhost/data", r"'file://otherhost/data' names no folder"),  # another machine's folder
+        ("file://", r"'file://' names no folder"),
+    ],
+)
+def test_a_malformed_location_is_named_with_the_form_expected(text, message):
+    with pytest.raises(SegflowError, match=rf"^data: {message}"):
+        uris.check(text, "data", kinds=("local", "http"))
