@@ -1,6 +1,7 @@
 """The one atomic-write helper: whole or nothing, normal file mode, stale staging removed, a full
 disk reported in one line."""
 
+import ctypes
 import errno
 import logging
 import os
@@ -109,7 +110,7 @@ def test_a_kill_inside_the_two_rename_fallback_is_repaired_by_the_next_run(tmp_p
     assert os.listdir(target) == ["old.txt"]
 
 
-def test_the_disk_full_message_gives_the_space_needed_and_free_in_mib(tmp_path):
+def test_the_disk_full_message_gives_the_space_needed_and_free_in_mib(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
@@ -119,12 +120,22 @@ def test_the_disk_full_message_gives_the_space_needed_and_free_in_mib(tmp_path):
         target = mount / "not" / "yet"  # free space is read from the nearest folder that exists
         error = atomic.disk_full_error("records", target, needed_bytes=3 * 2**20)
         assert str(error).startswith(f"disk full while writing records to {target} (3.0 MiB needed, 4.0 MiB free)")
+        assert f"to {target} (4.0 MiB free);" in str(atomic.disk_full_error("records", target))  # nothing needed
+        monkeypatch.setattr(atomic.shutil, "disk_usage", _unknown_disk_usage)
+        assert f"to {target} (3.0 MiB needed, free space unknown);" in str(
+            atomic.disk_full_error("records", target, needed_bytes=3 * 2**20)
+        )
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
 
+def _unknown_disk_usage(path):
+    raise PermissionError(13, "Permission denied", str(path))
+
+
 def test_exchange_takes_paths_relative_to_the_working_folder_and_names_a_missing_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    ctypes.set_errno(0)  # so that a stale saved errno cannot stand in for the failed call's own
     os.mkdir("a")
     os.mkdir("b")
     (tmp_path / "a" / "1").write_text("a")
@@ -161,3 +172,16 @@ def test_remove_leftovers_removes_older_versions_files_and_folders_and_says_whic
     (message,) = caplog.messages
     assert message.startswith("removed 2 leftover staging folders of a killed run: ")
     assert all(str(path) in message for path in leftovers)
+
+
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_exchange_says_false_where_the_kernel_or_filesystem_cannot_swap(tmp_path, monkeypatch, code):
+    class LibcWithoutExchange:  # renameat2 failing as on a filesystem without RENAME_EXCHANGE (vfat, older NFS)
+        def renameat2(self, *args):
+            ctypes.set_errno(code)
+            return -1
+
+    monkeypatch.setattr(atomic.ctypes, "CDLL", lambda *args, **kwargs: LibcWithoutExchange())
+    assert atomic.exchange(tmp_path / "a", tmp_path / "b") is False
+    monkeypatch.setattr(atomic.ctypes, "CDLL", lambda *args, **kwargs: object())  # a libc without renameat2 at all
+    assert atomic.exchange(tmp_path / "a", tmp_path / "b") is False

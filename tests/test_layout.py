@@ -44,6 +44,8 @@ def test_discover_only_the_splits_asked_for(dataset):
     assert list(layout.discover(dataset, ("val",))) == ["val"]
     with pytest.raises(SegflowError, match="unknown split trainval"):
         layout.discover(dataset, ("trainval",))
+    with pytest.raises(SegflowError, match=r"^unknown split trainval, all: choose from train, val, test$"):
+        layout.discover(dataset, ("trainval", "all"))
 
 
 def test_validate_accepts_a_test_split_with_only_void_labels(dataset):
@@ -97,7 +99,7 @@ def test_validate_names_an_unreadable_file(dataset):
     image.unlink()
     image.mkdir()  # a folder where the PNG should be: open() fails
 
-    with pytest.raises(SegflowError, match=re.escape(f"{image.relative_to(dataset)}: unreadable")):
+    with pytest.raises(SegflowError, match=re.escape(f"{image.relative_to(dataset)}: unreadable: Is a directory")):
         layout.validate(dataset)
 
 
@@ -174,6 +176,23 @@ def test_validate_names_an_image_that_is_not_8_bit_rgb(dataset):
     with pytest.raises(SegflowError) as raised:
         layout.validate(dataset)
 
-    assert f"{image.relative_to(dataset)}: wrong mode 8-bit RGBA, expected 8-bit RGB (as `segflow predict`)" in str(
-        raised.value
-    )
+    assert (
+        f"{image.relative_to(dataset)}: wrong mode 8-bit RGBA, expected 8-bit RGB (as `segflow predict`); convert it"
+        " first, e.g. with Pillow: Image.open(path).convert('RGB').save(path)"
+    ) in str(raised.value)
+
+
+def test_validate_checks_only_the_splits_asked_for(dataset):
+    _save(_files(dataset / "gtFine" / "train", LABEL_IDS_SUFFIX)[0], np.zeros((64, 128, 3), np.uint8))  # RGB label
+
+    assert list(layout.validate(dataset, ("val",))) == ["val"]
+
+
+def test_read_png_header_refuses_a_short_header_and_a_first_chunk_other_than_ihdr():
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((5, 300), np.uint8)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+
+    for data in (png[:20], png[:12] + b"IDAT" + png[16 : layout.PNG_HEADER_SIZE]):
+        with pytest.raises(ValueError, match="^not a PNG file$"):
+            layout.read_png_header(data)

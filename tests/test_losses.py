@@ -79,8 +79,10 @@ def test_enet_class_weights_favour_rare_classes_and_are_bounded():
     assert weights[0] < weights[1] < weights[2] < weights[3] == pytest.approx(1 / np.log(1.02))
     # One labelled pixel is a positive sum too.
     np.testing.assert_allclose(class_weights_from_pixel_counts([1, 0]), 1 / np.log(1.02 + np.array([1.0, 0.0])))
-    with pytest.raises(ValueError, match="positive sum"):
-        class_weights_from_pixel_counts([0, 0])
+    assert weights.dtype == np.float32
+    for bad in ([0, 0], [5, -1], [[1, 2]]):  # no labelled pixel, a negative count, not one count per class
+        with pytest.raises(ValueError, match="positive sum"):
+            class_weights_from_pixel_counts(bad)
 
 
 def test_loss_config_round_trip():

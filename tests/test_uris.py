@@ -90,6 +90,9 @@ def test_credentials_unknown_to_a_process_are_an_error_or_come_from_the_environm
         uris.reveal(hidden)
     monkeypatch.setenv("SEGFLOW_SOURCE", f"https://bob:{SECRET}@elsewhere.example/cs")
     assert uris.reveal(hidden) == f"https://bob:{SECRET}@elsewhere.example/cs"
+    # The environment's URL is another one: its credentials are not handed to this URL.
+    with pytest.raises(SegflowError, match=r"set SEGFLOW_SOURCE to the URL with its user:password@ on this worker$"):
+        uris.reveal("https://***@other.example/cs")
 
 
 def test_redact_removes_every_userinfo_from_a_text():
@@ -272,3 +275,20 @@ def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowh
 def test_a_malformed_location_is_named_with_the_form_expected(text, message):
     with pytest.raises(SegflowError, match=rf"^data: {message}"):
         uris.check(text, "data", kinds=("local", "http"))
+
+
+@pytest.mark.parametrize(
+    "text, kinds, message",
+    [
+        (
+            "s3://bucket",
+            ("local", "http"),
+            "is an S3 URI, expected a local folder (or file:///folder) or http(s)://host/path",
+        ),
+        ("/data", ("s3", "http"), "is a local folder, expected s3://bucket/prefix or http(s)://host/path"),
+    ],
+)
+def test_a_location_of_the_wrong_kind_is_named_with_the_kinds_accepted(text, kinds, message):
+    with pytest.raises(SegflowError) as raised:
+        uris.check(text, "data", kinds=kinds)
+    assert str(raised.value) == f"data: {text!r} {message}"
