@@ -292,3 +292,14 @@ def test_a_location_of_the_wrong_kind_is_named_with_the_kinds_accepted(text, kin
     with pytest.raises(SegflowError) as raised:
         uris.check(text, "data", kinds=kinds)
     assert str(raised.value) == f"data: {text!r} {message}"
+
+
+def test_a_source_is_a_name_a_cityscapes_login_url_or_a_location_with_its_credentials_hidden(tmp_path):
+    assert uris.check_source(" synthetic ") == "synthetic"
+    login = f"cityscapes+https://alice:{SECRET}@www.cityscapes-dataset.com"
+    assert uris.check_source(login) == "cityscapes+https://***@www.cityscapes-dataset.com"
+    assert uris.reveal("cityscapes+https://***@www.cityscapes-dataset.com") == login
+    assert uris.check_source(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(SegflowError) as raised:
+        uris.check_source("cityscapes+s3://bucket")  # the login form takes a web URL only
+    assert str(raised.value) == "source: 's3://bucket' is an S3 URI, expected http(s)://host/path"
