@@ -68,6 +68,10 @@ def test_remove_stale_removes_only_dead_processes_staging(tmp_path):
     other.mkdir()
     assert atomic.remove_stale(target) == [stale]
     assert alive.exists() and other.exists() and not stale.exists()
+    # This process's own pid: a killed run whose pid the system gave again (a container's pid 1).
+    own = tmp_path / f".out.{os.getpid()}.ghi{atomic.STAGING_SUFFIX}"
+    own.mkdir()
+    assert atomic.remove_stale(target) == [own]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")

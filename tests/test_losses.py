@@ -61,7 +61,7 @@ def test_ohem_keeps_pixels_below_the_threshold_or_the_min_kept_hardest():
     valid = labels != 255
     pixel_losses = _pixel_cross_entropy(labels, logits)[valid]
     true_probability = np.exp(-pixel_losses)
-    for threshold, min_kept in [(0.3, 4), (0.3, 30), (0.9, 4)]:
+    for threshold, min_kept in [(0.3, 4), (0.3, 30), (0.9, 4), (0.0, 1)]:  # the last keeps the hardest pixel only
         kth = np.sort(true_probability)[min(min_kept, valid.sum()) - 1]
         kept = true_probability <= max(threshold, kth)
         loss = SegmentationCrossEntropy(num_classes=NUM_CLASSES, ohem_threshold=threshold, ohem_min_kept=min_kept)
