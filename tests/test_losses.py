@@ -56,6 +56,10 @@ def test_class_weights_give_the_weighted_mean():
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+def test_class_weights_of_the_wrong_length_are_refused_with_both_counts():
+    with pytest.raises(ValueError, match="^class_weights needs 3 values; got 2$"):
+        SegmentationCrossEntropy(num_classes=NUM_CLASSES, class_weights=[1.0, 2.0])
+
 def test_ohem_keeps_pixels_below_the_threshold_or_the_min_kept_hardest():
     labels, logits = _batch()
     valid = labels != 255
