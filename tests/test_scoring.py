@@ -102,6 +102,7 @@ def assert_matches_official(predictions, ground_truth_root):
     theirs = official_scores(scoring.match_predictions(ground_truth_files, predictions), ground_truth_files)
 
     assert ours["label_id_confusion_matrix"] == theirs["confMatrix"]
+    assert {type(count) for row in ours["label_id_confusion_matrix"] for count in row} == {int}  # exact, as JSON ints
     for ours_key, their_key in [
         ("class_iou", "classScores"),
         ("class_iiou", "classInstScores"),
@@ -260,6 +261,22 @@ def test_ground_truth_with_mismatched_instance_ids_or_colour_labels_names_the_fi
 def test_an_unknown_split_is_named_with_the_known_ones(tmp_path):
     with pytest.raises(SegflowError, match=r"unknown split 'bogus'; expected one of train, val, test"):
         scoring.find_ground_truth(tmp_path, "bogus")
+
+@pytest.mark.parametrize(
+    "pixels, looks_like_train_ids",
+    [
+        ({0: 25, 7: 75}, True),  # a quarter on the void labelIds 0..6, nothing above 18: trainIds
+        ({0: 20, 7: 80}, False),  # a fifth on void labelIds
+        ({0: 50, 7: 49, 19: 1}, False),  # labelId 19 (traffic light) is no trainId map's value
+        ({0: 50, 24: 50}, False),  # person
+        ({}, False),  # nothing predicted
+    ],
+)
+def test_trainid_maps_are_told_from_label_ids_by_their_pixel_counts(pixels, looks_like_train_ids):
+    counts = np.zeros(34, np.int64)
+    for label_id, count in pixels.items():
+        counts[label_id] = count
+    assert scoring._looks_like_train_ids(counts) is looks_like_train_ids
 
 def test_no_ground_truth(tmp_path):
     (tmp_path / "predictions").mkdir()
