@@ -303,3 +303,8 @@ def test_a_source_is_a_name_a_cityscapes_login_url_or_a_location_with_its_creden
     with pytest.raises(SegflowError) as raised:
         uris.check_source("cityscapes+s3://bucket")  # the login form takes a web URL only
     assert str(raised.value) == "source: 's3://bucket' is an S3 URI, expected http(s)://host/path"
+
+
+def test_a_file_url_on_this_machine_is_a_local_folder():
+    for text in ("file:///data", "file://localhost/data"):
+        assert uris.check(text, "data", kinds=("local",)) == text
