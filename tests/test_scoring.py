@@ -278,6 +278,39 @@ def test_trainid_maps_are_told_from_label_ids_by_their_pixel_counts(pixels, look
         counts[label_id] = count
     assert scoring._looks_like_train_ids(counts) is looks_like_train_ids
 
+def test_label_id_34_is_refused_in_a_prediction_and_in_the_ground_truth(dataset):
+    predictions, ground_truth_root, ground_truth_files = dataset
+    path = next(predictions.rglob("aachen_000000_000019*.png"))
+    prediction = np.asarray(Image.open(path)).copy()
+    prediction[0, 0] = 34  # one past the last labelId, 33
+    Image.fromarray(prediction).save(path)
+    with pytest.raises(SegflowError, match=rf"^{path} holds values \[34\] that are not Cityscapes labelIds 0\.\.33$"):
+        scoring.score_folder(predictions, ground_truth_root)
+    label_ids = np.asarray(Image.open(ground_truth_files[0])).copy()
+    label_ids[0, 0] = 34
+    Image.fromarray(label_ids).save(ground_truth_files[0])
+    with pytest.raises(SegflowError, match=rf"^{ground_truth_files[0]} holds values up to 34, not labelIds 0\.\.33$"):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_a_missing_predictions_folder_and_an_unreadable_prediction_are_named(dataset):
+    predictions, ground_truth_root, _ = dataset
+    with pytest.raises(SegflowError, match=rf"^predictions folder {predictions / 'nowhere'} does not exist$"):
+        scoring.score_folder(predictions / "nowhere", ground_truth_root)
+    path = next(predictions.rglob("bochum_000001_000019*.png"))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(SegflowError, match=rf"^{path} is not a readable image: "):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_an_image_larger_than_one_counting_chunk_counts_every_pixel():
+    rng = np.random.default_rng(0)
+    label_ids = rng.integers(0, 34, (512, 1024), dtype=np.uint8)  # 524,288 pixels: two chunks of 2**18
+    prediction = rng.integers(0, 34, (512, 1024), dtype=np.uint8)
+    expected = np.zeros((34, 34), np.int64)
+    np.add.at(expected, (label_ids.ravel(), prediction.ravel()), 1)
+    np.testing.assert_array_equal(scoring._confusion_counts(label_ids, prediction), expected)
+
 def test_no_ground_truth(tmp_path):
     (tmp_path / "predictions").mkdir()
     with pytest.raises(SegflowError, match=r"no ground truth found: .*gtFine/val"):
