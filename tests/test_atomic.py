@@ -189,3 +189,12 @@ def test_exchange_says_false_where_the_kernel_or_filesystem_cannot_swap(tmp_path
     assert atomic.exchange(tmp_path / "a", tmp_path / "b") is False
     monkeypatch.setattr(atomic.ctypes, "CDLL", lambda *args, **kwargs: object())  # a libc without renameat2 at all
     assert atomic.exchange(tmp_path / "a", tmp_path / "b") is False
+
+
+def test_remove_stale_removes_a_dead_writers_temporary_file_too(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.json.{int(dead.stdout)}.abc{atomic.STAGING_SUFFIX}"
+    stale.write_text('{"half": ')  # what a write_json killed mid-write leaves
+
+    assert atomic.remove_stale(tmp_path / "out.json") == [stale]
+    assert os.listdir(tmp_path) == []
