@@ -29,6 +29,17 @@ def test_overlapping_runs_leave_the_better_model_as_champion(results_uri, order)
     assert (results["worse"] is None) == (order == ("better", "worse"))  # the later worse run re-decided
 
 
+def test_a_decision_against_a_champion_records_it_and_says_why_in_percent(tmp_path):
+    results = str(tmp_path / "results")
+    champion.promote(results, champion.decide(results, "unet", "r1", 0.5), str(tmp_path / "r1.keras"))
+
+    assert champion.decide(results, "unet", "r2", 0.4) == {
+        "architecture": "unet", "run_id": "r2", "val_miou": 0.4, "previous_champion": "r1",
+        "previous_val_miou": 0.5, "promote": False, "reason": "val mIoU 40.00 % does not beat champion r1 (50.00 %)",
+    }  # fmt: skip
+    better = champion.decide(results, "unet", "r3", 0.6)
+    assert (better["promote"], better["reason"]) == (True, "val mIoU 60.00 % beats champion r1 (50.00 %)")
+
 def test_concurrent_promotions_that_both_read_no_champion(results_uri, monkeypatch):
     """Both threads read "no champion" before either writes (a barrier holds them there), then the
     better run writes first: the worse run's conditional write must fail, and on reading again it

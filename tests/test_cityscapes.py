@@ -31,6 +31,8 @@ def test_train_ids_round_trip_to_label_ids():
     label_ids = cityscapes.to_label_ids(train_ids)
     assert [official.id2label[int(i)].trainId for i in label_ids[0]] == list(range(19))
     np.testing.assert_array_equal(cityscapes.to_train_ids(label_ids), train_ids)
+    # uint8 both ways, as PNG label images and the records hold them.
+    assert label_ids.dtype == np.uint8 and cityscapes.to_train_ids(label_ids).dtype == np.uint8
 
 
 def test_colorize_uses_palette():

@@ -32,6 +32,7 @@ def test_keep_two_deletes_the_oldest_unprotected_runs(results_uri, tmp_path):
     assert remaining == {RUNS[1], RUNS[3], RUNS[4]}
     assert f"deleted runs/{RUNS[0]}" in result.output and f"deleted runs/{RUNS[2]}" in result.output
     assert f"kept runs/{RUNS[1]}: champion of unet" in result.output
+    assert f"kept runs/{RUNS[4]}: latest.json points at it" in result.output
     assert "deleted 2 of 5 runs" in result.output
     assert storage.read_json(storage.join(results_uri, "latest.json"))["run_id"] == RUNS[4]
 
@@ -45,6 +46,16 @@ def test_dry_run_lists_and_deletes_nothing(results_uri, tmp_path):
     remaining = {name.split("/")[0] for name in storage.list_files(storage.join(results_uri, "runs"))}
     assert remaining == set(RUNS)
 
+
+def test_a_run_whose_manifest_a_killed_clean_already_removed_is_deleted_by_the_next(tmp_path):
+    results_uri = _store(str(tmp_path / "results"), tmp_path)
+    run_folder = tmp_path / "results" / "runs" / RUNS[0]
+    (run_folder / storage.MANIFEST).unlink()  # the first step of deleting a run; the kill came after it
+
+    result = CliRunner().invoke(cli, ["clean", results_uri, "--keep", "2"])
+
+    assert result.exit_code == 0, result.output
+    assert not run_folder.exists() and f"deleted runs/{RUNS[0]}" in result.output
 
 def test_negative_keep_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["clean", str(tmp_path), "--keep", "-1"])

@@ -44,6 +44,8 @@ def test_discover_only_the_splits_asked_for(dataset):
     assert list(layout.discover(dataset, ("val",))) == ["val"]
     with pytest.raises(SegflowError, match="unknown split trainval"):
         layout.discover(dataset, ("trainval",))
+    with pytest.raises(SegflowError, match=r"^unknown split trainval, all: choose from train, val, test$"):
+        layout.discover(dataset, ("trainval", "all"))
 
 
 def test_validate_accepts_a_test_split_with_only_void_labels(dataset):
@@ -97,7 +99,7 @@ def test_validate_names_an_unreadable_file(dataset):
     image.unlink()
     image.mkdir()  # a folder where the PNG should be: open() fails
 
-    with pytest.raises(SegflowError, match=re.escape(f"{image.relative_to(dataset)}: unreadable")):
+    with pytest.raises(SegflowError, match=re.escape(f"{image.relative_to(dataset)}: unreadable: Is a directory")):
         layout.validate(dataset)
 
 
@@ -146,3 +148,51 @@ def test_check_png_chunks_finds_truncated_and_damaged_files():
     assert layout.check_png_chunks(png[:-12]) == "truncated PNG: no IEND chunk"
     assert layout.check_png_chunks(bytes(damaged)) == "corrupt PNG: chunk IDAT at byte 33 fails its CRC"
     assert layout.check_png_chunks(b"GIF89a") == "not a PNG file"
+    assert layout.check_png_chunks(png[:33] + png[-12:]) == "corrupt PNG: no image data"  # IHDR, IEND only
+    damaged_header = bytearray(png)
+    damaged_header[20] ^= 0xFF  # the width, inside IHDR
+    with pytest.raises(ValueError, match="^corrupt PNG header$"):
+        layout.read_png_header(bytes(damaged_header[: layout.PNG_HEADER_SIZE]))
+
+
+def test_discover_names_the_dataset_and_each_unpaired_file(dataset):
+    label = _files(dataset / "gtFine" / "val", LABEL_IDS_SUFFIX)[0]
+    label.unlink()
+    image = label.relative_to(dataset / "gtFine").parent / label.name.replace(LABEL_IDS_SUFFIX, IMAGE_SUFFIX)
+
+    with pytest.raises(SegflowError) as raised:
+        layout.discover(dataset)
+
+    assert str(raised.value).startswith(
+        f"1 problem in the dataset at {dataset}:\n  leftImg8bit/{image}: image without label"
+    )
+
+
+def test_validate_names_an_image_that_is_not_8_bit_rgb(dataset):
+    image = _files(dataset / "leftImg8bit" / "val", IMAGE_SUFFIX)[0]
+    height, width = np.asarray(Image.open(image)).shape[:2]
+    _save(image, np.zeros((height, width, 4), np.uint8))
+
+    with pytest.raises(SegflowError) as raised:
+        layout.validate(dataset)
+
+    assert (
+        f"{image.relative_to(dataset)}: wrong mode 8-bit RGBA, expected 8-bit RGB (as `segflow predict`); convert it"
+        " first, e.g. with Pillow: Image.open(path).convert('RGB').save(path)"
+    ) in str(raised.value)
+
+
+def test_validate_checks_only_the_splits_asked_for(dataset):
+    _save(_files(dataset / "gtFine" / "train", LABEL_IDS_SUFFIX)[0], np.zeros((64, 128, 3), np.uint8))  # RGB label
+
+    assert list(layout.validate(dataset, ("val",))) == ["val"]
+
+
+def test_read_png_header_refuses_a_short_header_and_a_first_chunk_other_than_ihdr():
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((5, 300), np.uint8)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+
+    for data in (png[:20], png[:12] + b"IDAT" + png[16 : layout.PNG_HEADER_SIZE]):
+        with pytest.raises(ValueError, match="^not a PNG file$"):
+            layout.read_png_header(data)

@@ -56,12 +56,16 @@ def test_class_weights_give_the_weighted_mean():
     assert float(loss) == pytest.approx(expected, rel=1e-5)
 
 
+def test_class_weights_of_the_wrong_length_are_refused_with_both_counts():
+    with pytest.raises(ValueError, match="^class_weights needs 3 values; got 2$"):
+        SegmentationCrossEntropy(num_classes=NUM_CLASSES, class_weights=[1.0, 2.0])
+
 def test_ohem_keeps_pixels_below_the_threshold_or_the_min_kept_hardest():
     labels, logits = _batch()
     valid = labels != 255
     pixel_losses = _pixel_cross_entropy(labels, logits)[valid]
     true_probability = np.exp(-pixel_losses)
-    for threshold, min_kept in [(0.3, 4), (0.3, 30), (0.9, 4)]:
+    for threshold, min_kept in [(0.3, 4), (0.3, 30), (0.9, 4), (0.0, 1)]:  # the last keeps the hardest pixel only
         kth = np.sort(true_probability)[min(min_kept, valid.sum()) - 1]
         kept = true_probability <= max(threshold, kth)
         loss = SegmentationCrossEntropy(num_classes=NUM_CLASSES, ohem_threshold=threshold, ohem_min_kept=min_kept)
@@ -77,8 +81,12 @@ def test_enet_class_weights_favour_rare_classes_and_are_bounded():
     weights = class_weights_from_pixel_counts([900_000, 90_000, 10_000, 0])
     np.testing.assert_allclose(weights, 1 / np.log(1.02 + np.array([0.9, 0.09, 0.01, 0.0])), rtol=1e-6)
     assert weights[0] < weights[1] < weights[2] < weights[3] == pytest.approx(1 / np.log(1.02))
-    with pytest.raises(ValueError, match="positive sum"):
-        class_weights_from_pixel_counts([0, 0])
+    # One labelled pixel is a positive sum too.
+    np.testing.assert_allclose(class_weights_from_pixel_counts([1, 0]), 1 / np.log(1.02 + np.array([1.0, 0.0])))
+    assert weights.dtype == np.float32
+    for bad in ([0, 0], [5, -1], [[1, 2]]):  # no labelled pixel, a negative count, not one count per class
+        with pytest.raises(ValueError, match="positive sum"):
+            class_weights_from_pixel_counts(bad)
 
 
 def test_loss_config_round_trip():
@@ -99,3 +107,15 @@ def test_poly_schedule_warms_up_linearly_then_decays_to_the_end_rate():
     assert PolyWarmup.from_config(schedule.get_config()).get_config() == schedule.get_config()
     with pytest.raises(ValueError, match="warmup_steps"):
         PolyWarmup(0.1, total_steps=10, warmup_steps=11)
+
+
+def test_poly_schedule_defaults_are_deeplabs_and_a_warmup_may_span_every_step():
+    # Defaults: no warmup, power 0.9, decay to 0 (DeepLab's poly schedule, Chen et al. 2017, 4.1).
+    schedule = PolyWarmup(0.01, total_steps=100)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.01 * 0.5**0.9, rel=1e-5)
+    assert float(schedule(100)) == 0.0
+    assert float(PolyWarmup(0.01, total_steps=1)(1)) == 0.0  # a one-step decay still ends at the end rate
+    assert float(PolyWarmup(0.01, total_steps=10, warmup_steps=10)(10)) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        PolyWarmup(0.01, total_steps=10, warmup_steps=-1)

@@ -117,11 +117,38 @@ def test_streaming_equals_one_batch():
 
 def test_update_rejects_bad_predictions_and_shapes():
     matrix = ConfusionMatrix()
-    with pytest.raises(ValueError, match="trainIds 0..18"):
-        matrix.update(np.zeros((2, 2), np.uint8), np.full((2, 2), 255, np.uint8))
+    for bad in (255, 19, -1):  # 19 and -1: just outside 0..18
+        with pytest.raises(ValueError, match="trainIds 0..18"):
+            matrix.update(np.zeros((2, 2), np.uint8), np.full((2, 2), bad, np.int16))
     with pytest.raises(ValueError, match="shape"):
         matrix.update(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
     assert matrix.counts.sum() == 0
+
+
+def test_ground_truth_outside_the_19_classes_is_not_counted_whatever_its_value():
+    # 255 is the ignore label; 19, 34 and -1 are not evaluated either (the docstring's "outside 0..18").
+    ground_truth = np.array([-1, 19, 34, 254, 255, 7], np.int16)
+    matrix = ConfusionMatrix()
+    matrix.update(ground_truth, np.array([0, 1, 2, 3, 4, 5]))
+    expected = np.zeros((19, 19), np.int64)
+    expected[7, 5] = 1
+    np.testing.assert_array_equal(matrix.counts, expected)
+
+
+def test_empty_and_one_pixel_batches_add_exactly_their_pixels_as_integers():
+    matrix = ConfusionMatrix()
+    matrix.update(np.zeros((0, 4), np.uint8), np.zeros((0, 4), np.uint8))
+    matrix.update(np.array([[3]], np.uint8), np.array([[18]], np.uint8))
+    expected = np.zeros((19, 19), np.int64)
+    expected[3, 18] = 1
+    np.testing.assert_array_equal(matrix.counts, expected)
+    assert matrix.counts.dtype == np.int64  # exact counts: a float matrix rounds past 2**53 pixels
+
+
+def test_a_matrix_without_evaluated_pixels_scores_none_rather_than_dividing_by_zero():
+    metrics = summarize(np.zeros((19, 19), np.int64))
+    assert metrics["miou"] is None and metrics["category_miou"] is None and metrics["pixel_accuracy"] is None
+    assert set(metrics["class_iou"].values()) == {None} and set(metrics["category_iou"].values()) == {None}
 
 
 def test_summarize_rejects_a_wrong_matrix():

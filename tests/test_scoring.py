@@ -102,6 +102,7 @@ def assert_matches_official(predictions, ground_truth_root):
     theirs = official_scores(scoring.match_predictions(ground_truth_files, predictions), ground_truth_files)
 
     assert ours["label_id_confusion_matrix"] == theirs["confMatrix"]
+    assert {type(count) for row in ours["label_id_confusion_matrix"] for count in row} == {int}  # exact, as JSON ints
     for ours_key, their_key in [
         ("class_iou", "classScores"),
         ("class_iiou", "classInstScores"),
@@ -244,6 +245,71 @@ def test_size_mismatch(dataset):
     with pytest.raises(SegflowError, match=rf"{path} is 64x32, but its ground truth .* is 128x64"):
         scoring.score_folder(predictions, ground_truth_root)
 
+
+def test_ground_truth_with_mismatched_instance_ids_or_colour_labels_names_the_files(dataset):
+    predictions, ground_truth_root, ground_truth_files = dataset
+    label_path = ground_truth_files[0]
+    instance_path = label_path.with_name(label_path.name.replace("labelIds", "instanceIds"))
+    Image.open(instance_path).resize((64, 32), Image.NEAREST).save(instance_path)
+    with pytest.raises(SegflowError, match=rf"{instance_path} is 64x32, but {label_path} is 128x64"):
+        scoring.score_folder(predictions, ground_truth_root)
+    Image.open(label_path).convert("RGB").save(label_path)
+    with pytest.raises(SegflowError, match=rf"{label_path} has 3 channels \(RGB\); expected one"):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_an_unknown_split_is_named_with_the_known_ones(tmp_path):
+    with pytest.raises(SegflowError, match=r"unknown split 'bogus'; expected one of train, val, test"):
+        scoring.find_ground_truth(tmp_path, "bogus")
+
+@pytest.mark.parametrize(
+    "pixels, looks_like_train_ids",
+    [
+        ({0: 25, 7: 75}, True),  # a quarter on the void labelIds 0..6, nothing above 18: trainIds
+        ({0: 20, 7: 80}, False),  # a fifth on void labelIds
+        ({0: 50, 7: 49, 19: 1}, False),  # labelId 19 (traffic light) is no trainId map's value
+        ({0: 50, 24: 50}, False),  # person
+        ({}, False),  # nothing predicted
+    ],
+)
+def test_trainid_maps_are_told_from_label_ids_by_their_pixel_counts(pixels, looks_like_train_ids):
+    counts = np.zeros(34, np.int64)
+    for label_id, count in pixels.items():
+        counts[label_id] = count
+    assert scoring._looks_like_train_ids(counts) is looks_like_train_ids
+
+def test_label_id_34_is_refused_in_a_prediction_and_in_the_ground_truth(dataset):
+    predictions, ground_truth_root, ground_truth_files = dataset
+    path = next(predictions.rglob("aachen_000000_000019*.png"))
+    prediction = np.asarray(Image.open(path)).copy()
+    prediction[0, 0] = 34  # one past the last labelId, 33
+    Image.fromarray(prediction).save(path)
+    with pytest.raises(SegflowError, match=rf"^{path} holds values \[34\] that are not Cityscapes labelIds 0\.\.33$"):
+        scoring.score_folder(predictions, ground_truth_root)
+    label_ids = np.asarray(Image.open(ground_truth_files[0])).copy()
+    label_ids[0, 0] = 34
+    Image.fromarray(label_ids).save(ground_truth_files[0])
+    with pytest.raises(SegflowError, match=rf"^{ground_truth_files[0]} holds values up to 34, not labelIds 0\.\.33$"):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_a_missing_predictions_folder_and_an_unreadable_prediction_are_named(dataset):
+    predictions, ground_truth_root, _ = dataset
+    with pytest.raises(SegflowError, match=rf"^predictions folder {predictions / 'nowhere'} does not exist$"):
+        scoring.score_folder(predictions / "nowhere", ground_truth_root)
+    path = next(predictions.rglob("bochum_000001_000019*.png"))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    with pytest.raises(SegflowError, match=rf"^{path} is not a readable image: "):
+        scoring.score_folder(predictions, ground_truth_root)
+
+
+def test_an_image_larger_than_one_counting_chunk_counts_every_pixel():
+    rng = np.random.default_rng(0)
+    label_ids = rng.integers(0, 34, (512, 1024), dtype=np.uint8)  # 524,288 pixels: two chunks of 2**18
+    prediction = rng.integers(0, 34, (512, 1024), dtype=np.uint8)
+    expected = np.zeros((34, 34), np.int64)
+    np.add.at(expected, (label_ids.ravel(), prediction.ravel()), 1)
+    np.testing.assert_array_equal(scoring._confusion_counts(label_ids, prediction), expected)
 
 def test_no_ground_truth(tmp_path):
     (tmp_path / "predictions").mkdir()

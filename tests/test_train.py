@@ -121,11 +121,15 @@ def _reference_loss(labels, logits, class_weights, ohem_threshold, ohem_min_kept
 
 
 @pytest.mark.slow
-def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(records, tmp_path, monkeypatch):
-    """Each option has its effect: training batches are crops, the optimizer is AdamW, and the
-    loss equals a numpy class-weighted OHEM cross-entropy (not the plain one) on real labels."""
+def test_crops_adamw_class_weights_ohem_and_val_size_take_effect_and_export_at_the_full_size(
+    records, tmp_path, monkeypatch
+):
+    """Each option has its effect: training batches are crops, the optimizer is AdamW, the loss
+    equals a numpy class-weighted OHEM cross-entropy (not the plain one) on real labels, and the
+    epoch-end validation runs at `val_image_size` (its model and its batches), not `image_size`."""
     import keras
 
+    from segflow import evaluate
     from segflow.cityscapes import CLASS_NAMES
     from segflow.config import TrainConfig
     from segflow.convert import read_manifest
@@ -143,6 +147,12 @@ def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(re
         seen.setdefault("batch", next(iter(x)))
         return fit(model, x, *args, **kwargs)
 
+    def spy_confusion_matrix(model, dataset, *args, **kwargs):
+        seen.setdefault("val", (model.input_shape, next(iter(dataset))))
+        return confusion_matrix(model, dataset, *args, **kwargs)
+
+    confusion_matrix = evaluate.confusion_matrix
+    monkeypatch.setattr(evaluate, "confusion_matrix", spy_confusion_matrix)
     monkeypatch.setattr(keras.Model, "compile", spy_compile)
     monkeypatch.setattr(keras.Model, "fit", spy_fit)
     config = TrainConfig(
@@ -158,6 +168,9 @@ def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(re
     images, labels = (np.asarray(tensor) for tensor in seen["batch"])
     assert images.shape == (2, 64, 64, 3) and labels.shape == (2, 64, 64)  # crops, not 64x128 images
     assert type(seen["compile"]["optimizer"]) is keras.optimizers.AdamW
+    val_input_shape, (val_images, val_labels) = seen["val"]
+    assert val_input_shape == (None, 32, 64, 3)  # the validation model takes val_image_size
+    assert val_images.shape[1:] == (32, 64, 3) and val_labels.shape[1:] == (32, 64)  # val batches too
     # ENet weights 1/ln(1.02 + frequency) from the train split's pixel counts (Paszke et al. 2016, 5.2).
     class_pixels = read_manifest(records)["splits"]["train"]["class_pixels"]
     counts = np.array([class_pixels[name] for name in CLASS_NAMES], dtype=np.float64)

@@ -90,6 +90,9 @@ def test_credentials_unknown_to_a_process_are_an_error_or_come_from_the_environm
         uris.reveal(hidden)
     monkeypatch.setenv("SEGFLOW_SOURCE", f"https://bob:{SECRET}@elsewhere.example/cs")
     assert uris.reveal(hidden) == f"https://bob:{SECRET}@elsewhere.example/cs"
+    # The environment's URL is another one: its credentials are not handed to this URL.
+    with pytest.raises(SegflowError, match=r"set SEGFLOW_SOURCE to the URL with its user:password@ on this worker$"):
+        uris.reveal("https://***@other.example/cs")
 
 
 def test_redact_removes_every_userinfo_from_a_text():
@@ -258,3 +261,50 @@ def test_pipeline_with_a_credentialed_source_and_endpoint_leaks_the_secrets_nowh
         for place, blob in [("terminal", terminal), ("results", published),
                             ("work folder", work_files), ("Prefect database", database_bytes)]:  # fmt: skip
             assert secret.encode() not in blob, f"{secret} found in the {place}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("https:/host/x", r"'https:/host/x' is malformed; expected https://\.\.\."),
+        ("https://", r"'https://' has no host; expected https://host/path"),
+        ("file://otherhost/data", r"'file://otherhost/data' names no folder"),  # another machine's folder
+        ("file://", r"'file://' names no folder"),
+    ],
+)
+def test_a_malformed_location_is_named_with_the_form_expected(text, message):
+    with pytest.raises(SegflowError, match=rf"^data: {message}"):
+        uris.check(text, "data", kinds=("local", "http"))
+
+
+@pytest.mark.parametrize(
+    "text, kinds, message",
+    [
+        (
+            "s3://bucket",
+            ("local", "http"),
+            "is an S3 URI, expected a local folder (or file:///folder) or http(s)://host/path",
+        ),
+        ("/data", ("s3", "http"), "is a local folder, expected s3://bucket/prefix or http(s)://host/path"),
+    ],
+)
+def test_a_location_of_the_wrong_kind_is_named_with_the_kinds_accepted(text, kinds, message):
+    with pytest.raises(SegflowError) as raised:
+        uris.check(text, "data", kinds=kinds)
+    assert str(raised.value) == f"data: {text!r} {message}"
+
+
+def test_a_source_is_a_name_a_cityscapes_login_url_or_a_location_with_its_credentials_hidden(tmp_path):
+    assert uris.check_source(" synthetic ") == "synthetic"
+    login = f"cityscapes+https://alice:{SECRET}@www.cityscapes-dataset.com"
+    assert uris.check_source(login) == "cityscapes+https://***@www.cityscapes-dataset.com"
+    assert uris.reveal("cityscapes+https://***@www.cityscapes-dataset.com") == login
+    assert uris.check_source(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(SegflowError) as raised:
+        uris.check_source("cityscapes+s3://bucket")  # the login form takes a web URL only
+    assert str(raised.value) == "source: 's3://bucket' is an S3 URI, expected http(s)://host/path"
+
+
+def test_a_file_url_on_this_machine_is_a_local_folder():
+    for text in ("file:///data", "file://localhost/data"):
+        assert uris.check(text, "data", kinds=("local",)) == text
