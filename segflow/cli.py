@@ -260,7 +260,8 @@ def train(config_file, recipe, records, out, work_dir, quiet, evaluate, **settin
     if evaluate:
         from segflow.evaluate import evaluate_model
 
-        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent)
+        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent,
+                                 model=result.model, predictor=result.predictor)  # fmt: skip
         metrics_path = Path(result.model_path).parent / "metrics.json"
         if result.out_uri:  # the run lives in the store: its metrics go there too
             metrics_path = storage.upload_file(metrics_path, storage.join(result.out_uri, "metrics.json"))
