@@ -138,9 +138,8 @@ def _reference_loss(labels, logits, class_weights, ohem_threshold, ohem_min_kept
 
 @pytest.mark.slow
 def test_crops_adamw_class_weights_and_ohem_train_and_export_at_the_full_size(records, tmp_path, monkeypatch):
-    """Each option has its effect: training batches are crops, the optimizer is AdamW, the loss
-    equals a numpy class-weighted OHEM cross-entropy (not the plain one) on real labels, and
-    without `saved_model` only model.keras is exported."""
+    """Each option has its effect: training batches are crops, the optimizer is AdamW, and the
+    loss equals a numpy class-weighted OHEM cross-entropy (not the plain one) on real labels."""
     import keras
 
     from segflow.cityscapes import CLASS_NAMES
