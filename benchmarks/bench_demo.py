@@ -13,10 +13,12 @@ Sources, per architecture folder of the run (`OUT/work/runs/<run id>/<arch>/`):
   are imported, before the model is built);
 - `history.json`: per epoch its wall time, images/s over steps 2..n (so the first step, which
   traces the graph, is not in it) and `val_seconds` when present; its mtime is the last epoch's end;
-- export done: the newest mtime under `saved_model/` (or `model.keras`'s);
-- evaluation done: `metrics.json`'s mtime;
-- task ends: Prefect's `Task run 'train unet' - Finished in state ...` lines, timestamped by this
-  script as they arrive.
+- export done: the newest mtime under `saved_model/` (or `model.keras`'s when the SavedModel is
+  off, as in the demo);
+- evaluation done: `metrics.json`'s mtime (the child evaluates after exporting, in the same process);
+- task ends: Prefect's `Task run 'train and evaluate unet' - Finished in state ...` lines,
+  timestamped by this script as they arrive and kept in `OUT/bench-lines.json`, so that `--runs OUT`
+  can analyse the run again.
 Steady training time = steps × batch ÷ images/s of each epoch; "model build and tracing" = from
 imports done to the first epoch's start, plus the first epoch's wall time that is neither steady
 steps nor validation. What no source explains is shown as "other".
@@ -43,6 +45,7 @@ from pathlib import Path
 TASK_FINISHED = re.compile(r"Task run '(?P<name>[^']+)' - Finished in state")
 FLOW_STARTED = re.compile(r"Beginning flow run|Flow run '[^']+' - ")
 LOG_HEADER = re.compile(r"^=== (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ", re.MULTILINE)
+LINES_FILE = "bench-lines.json"
 OVERHEAD_GOAL = 0.35
 WALL_GOAL_S = 360
 
@@ -65,7 +68,10 @@ def run_demo(out_dir: Path, architectures: list[str], echo: bool) -> dict:
     ended = time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"started": started, "ended": ended, "cpu_s": cpu, "lines": lines, "returncode": process.returncode}
+    demo = {"started": started, "ended": ended, "cpu_s": cpu, "lines": lines, "returncode": process.returncode,
+            "load_average": os.getloadavg()}  # fmt: skip
+    (out_dir / LINES_FILE).write_text(json.dumps(demo))
+    return demo
 
 
 def latest_run_dir(out_dir: Path) -> Path:
@@ -156,11 +162,11 @@ def breakdown(run_dir: Path, demo: dict | None) -> tuple[list[tuple[str, float]]
     for arch, details in archs.items():
         for name, seconds in details["times"].items():
             add(name, seconds)
-        train_end = finished.get(f"train {arch}")
-        if train_end and details["exported"]:
-            add("process exit and polling", train_end - details["exported"])
         if details["evaluated"]:
-            add("evaluation", details["evaluated"] - (train_end or details["exported"]))
+            add("evaluation", details["evaluated"] - details["exported"])
+        train_end = finished.get(f"train and evaluate {arch}")
+        if train_end:
+            add("process exit and polling", train_end - (details["evaluated"] or details["exported"]))
     last_evaluated = max((a["evaluated"] or 0 for a in archs.values()), default=0)
     if demo and last_evaluated:
         add("report, publish, champions, exit", ended - last_evaluated)
@@ -180,6 +186,8 @@ def main() -> None:
     demo = None
     if args.runs:
         out_dir = args.runs
+        if (out_dir / LINES_FILE).is_file():  # the run's output lines, as bench_demo recorded them
+            demo = json.loads((out_dir / LINES_FILE).read_text())
     else:
         out_dir = args.out or Path(tempfile.mkdtemp(prefix="segflow-bench-demo-"))
         demo = run_demo(out_dir, args.arch, echo=not args.quiet)
@@ -188,7 +196,8 @@ def main() -> None:
     rows, wall, archs = breakdown(latest_run_dir(out_dir), demo)
 
     steady = sum(seconds for name, seconds in rows if name in ("training steps", "validation"))
-    print(f"\nsegflow demo: {wall:.0f} s wall" + (f", {demo['cpu_s']:.0f} CPU-s in its processes" if demo else ""))
+    print(f"\nsegflow demo: {wall:.0f} s wall" + (f", {demo['cpu_s']:.0f} CPU-s in its processes" if demo else "")
+          + (f", load average at the end {demo['load_average'][0]:.1f}" if demo and "load_average" in demo else ""))
     print(f"| stage | seconds | share |\n| --- | --- | --- |")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / wall:.0%} |")

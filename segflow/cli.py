@@ -260,7 +260,8 @@ def train(config_file, recipe, records, out, work_dir, quiet, evaluate, **settin
     if evaluate:
         from segflow.evaluate import evaluate_model
 
-        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent)
+        metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent,
+                                 model=result.model, predictor=result.predictor)  # fmt: skip
         metrics_path = Path(result.model_path).parent / "metrics.json"
         if result.out_uri:  # the run lives in the store: its metrics go there too
             metrics_path = storage.upload_file(metrics_path, storage.join(result.out_uri, "metrics.json"))
@@ -417,6 +418,11 @@ def demo(out_dir, architectures, results_uri):
 
     watch_this_process()
     _prefect_defaults()
+    # The temporary server tells a training waiting for the slot to retry after the average time
+    # a slot was held (capped at 30 s): minutes here, so each training after the first would
+    # start up to 30 s late. Retry after about a second instead (Prefect's
+    # server.concurrency.maximum_concurrency_slot_wait_seconds).
+    os.environ.setdefault("PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS", "1")
     overrides = {"work_dir": str(out_dir / "work"), "results_uri": results_uri or str(out_dir / "results")}
     if architectures:
         overrides["architectures"] = list(architectures)

@@ -139,6 +139,10 @@ class TrainSettings(BaseModel):
     checkpoint_every_steps: int = Field(
         500, ge=1, description="Save a resumable checkpoint every this many steps (and at each epoch end)."
     )
+    saved_model: bool = Field(
+        True, description="Also export a TF SavedModel (saved_model/, for TF Serving) beside model.keras; its "
+        "export traces the model twice more (seconds to minutes on a CPU).",
+    )
     backbone_weights: str = Field(
         "none",
         min_length=1,
@@ -271,7 +275,8 @@ class PipelineParams(BaseModel):
         "cityscapes",
         description="Per-architecture settings (segflow.recipes; `segflow recipes` lists them with their "
         "sources) that replace those of `training`: 'cityscapes' = each paper's or reference "
-        "implementation's Cityscapes schedule, 'demo' = tiny CPU settings, 'none' = `training` as is.",
+        "implementation's Cityscapes schedule, 'demo' = CPU settings that learn the synthetic "
+        "scenes in minutes, 'none' = `training` as is.",
     )
     training: TrainSettings = Field(
         default_factory=TrainSettings,
@@ -326,12 +331,23 @@ class PipelineParams(BaseModel):
 
 
 def demo_params(**overrides) -> PipelineParams:
-    """Tiny settings that run all five architectures on synthetic data in minutes on a CPU: the
-    `demo` recipe's settings as `training` (recipe 'none'), so that training settings among the
-    keyword `overrides` (e.g. `epochs=3`) apply to every architecture."""
+    """Settings that train all five architectures on synthetic data in minutes on a CPU until each
+    has learnt something (val mIoU ≥ 0.25): recipe 'demo' (segflow.recipes.DEMO, shared, and
+    DEMO_ARCHITECTURES, each architecture's learning rate, steps and scaling), its shared settings
+    as `training`. Training settings among the keyword `overrides` (e.g. `epochs=1`) apply to
+    every architecture: they go into `training` and replace the recipe's values too (as
+    `overrides` of each architecture).
+
+    64 train images and 16 val ones: the val mIoU of 4 images moves by several points with the
+    seed; that of 16 is steadier, and both splits take seconds to generate and convert."""
     from segflow import recipes
 
-    training_keys = overrides.keys() & TrainSettings.model_fields.keys()
-    training = {**recipes.settings("demo", None), **{key: overrides.pop(key) for key in training_keys}}
-    values = dict(source="synthetic", synthetic_images=(16, 4), synthetic_size=(64, 128), recipe="none")
-    return PipelineParams(**{**values, **overrides, "training": {**training, **overrides.get("training", {})}})
+    keywords = {key: overrides.pop(key) for key in overrides.keys() & TrainSettings.model_fields.keys()}
+    training = {**recipes.settings("demo", None), **keywords, **overrides.pop("training", {})}
+    per_architecture = dict(overrides.pop("overrides", {}))
+    for architecture in DEFAULT_ARCHITECTURES:
+        replaced = {key: value for key, value in keywords.items() if key in recipes.settings("demo", architecture)}
+        if replaced or architecture in per_architecture:
+            per_architecture[architecture] = {**replaced, **per_architecture.get(architecture, {})}
+    values = dict(source="synthetic", synthetic_images=(64, 16), synthetic_size=(64, 128), recipe="demo")
+    return PipelineParams(**{**values, **overrides, "training": training, "overrides": per_architecture})

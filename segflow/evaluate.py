@@ -50,9 +50,12 @@ def make_predictor(model, *, compiled: bool = True):
     """A function `(images [B, H, W, 3] normalised, output_size) -> trainIds [B, h, w]`: images
     resized to the model's input size, logits resized to `output_size`, then argmax.
 
-    `compiled`: trace it into a graph once (for many batches). False runs it eagerly, for a few
-    images of each of several models (the report's samples), where tracing a graph per model
-    costs more than it saves and makes TensorFlow warn about frequent retracing.
+    `compiled`: trace it into a graph once (for many batches): batch size, image size and output
+    size are left unknown in the graph, so one trace serves a training run's per-epoch validation
+    (batches at `val_image_size`) and its evaluation (single images at full size) alike. False
+    runs it eagerly, for a few images of each of several models (the report's samples), where
+    tracing a graph per model costs more than it saves and makes TensorFlow warn about frequent
+    retracing.
     """
     import tensorflow as tf
 
@@ -66,13 +69,15 @@ def make_predictor(model, *, compiled: bool = True):
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
     if compiled:
-        predict = tf.function(predict, reduce_retracing=True)
+        any_images = tf.TensorSpec([None, None, None, 3], tf.float32)
+        predict = tf.function(predict, input_signature=[any_images, tf.TensorSpec([2], tf.int32)])
 
     def predict_train_ids(images, output_size=None):
         images = tf.convert_to_tensor(images, tf.float32)
         size = tf.constant(output_size or tuple(images.shape[1:3]), tf.int32)
         return predict(images, size).numpy()
 
+    predict_train_ids.graph_function = predict if compiled else None  # its tracing count, for tests
     return predict_train_ids
 
 
@@ -114,8 +119,14 @@ def evaluate_model(
     *,
     split: str = "val",
     batch_size: int = 1,
+    model=None,
+    predictor=None,
 ) -> dict:
     """Score `model_path` on `split` of `records_dir`; write and return `out_dir/metrics.json`.
+
+    `model`: the model of `model_path` already in memory (`segflow.train.TrainResult.model`), and
+    `predictor` its `make_predictor` (`TrainResult.predictor`): used instead of loading the file
+    and tracing a predictor again.
 
     Keys: those of `segflow.metrics.summarize` (`miou`, `class_iou`, `category_miou`,
     `category_iou`, `pixel_accuracy`), `confusion_matrix` (rows: ground-truth trainId, columns:
@@ -133,9 +144,10 @@ def evaluate_model(
     if not Path(records_dir).is_dir():
         raise SegflowError(f"records folder {records_dir} does not exist")
     _check_ground_truth(records_dir, split)
-    model = load_model(model_path)
+    if model is None:
+        model, predictor = load_model(model_path), None
     dataset = input_pipeline.make_dataset(records_dir, split=split, training=False, batch_size=batch_size)
-    predictor = make_predictor(model)
+    predictor = predictor or make_predictor(model)
 
     matrix, num_images, model_seconds, batch_rates = ConfusionMatrix(), 0, 0.0, []
     first_images = None

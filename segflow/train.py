@@ -8,7 +8,8 @@ A run lives in one output folder:
     checkpoints/       step-NNNNNNNNN/ (the latest two) and best/ (highest val mIoU)
     model.keras        the final model, single output at `image_size`, float32
     saved_model/       the same model as a TF SavedModel for TF Serving: uint8 RGB of any size in,
-                       `label_ids` / `train_ids` out (`segflow.serving`)
+                       `label_ids` / `train_ids` out (`segflow.serving`); not with `saved_model`
+                       off (the demo: its export traces the model twice more)
 
 Restarting with the same folder resumes from the latest checkpoint: weights, optimizer state
 (momentum, step count) and the learning-rate schedule continue exactly, an interrupted epoch is
@@ -16,8 +17,12 @@ finished with only its remaining steps, so the run ends after the same number of
 as an uninterrupted one. The data stream is not replayed: a resumed run draws a fresh shuffle
 and augmentation seeded by (seed, step), so it sees different (equally random) batches.
 
-The model trains at `crop_size` (or `image_size`); validation and export use fresh models at
-their own sizes that receive the trained weights by layer name.
+The model trains at `crop_size` (or `image_size`); validation and export use a fresh model at
+`image_size` (float32, single output) that receives the trained weights by layer name: one model
+and one traced predictor (`segflow.evaluate.make_predictor`) for the per-epoch validation, the
+export and the evaluation that `segflow train --evaluate` runs in the same process
+(`TrainResult.model`, `TrainResult.predictor`). Only a `val_image_size` other than `image_size`
+builds and traces a second one.
 
 One model, one number: a run hands over its FINAL weights, as the reference schedules
 (MMSegmentation, TF Model Garden) report theirs: choosing the best epoch on val and then quoting
@@ -58,7 +63,7 @@ KEEP_STEP_CHECKPOINTS = 2
 class TrainResult(NamedTuple):
     out_dir: Path
     model_path: Path
-    saved_model_dir: Path
+    saved_model_dir: Path | None  # None when `config.saved_model` is off
     history: list[dict]
     steps: int  # optimizer steps of the whole run
     resumed_from_step: int  # 0 for a fresh run
@@ -69,6 +74,10 @@ class TrainResult(NamedTuple):
     optimizer_updates: int | None = None  # applied; fewer than `steps` when loss scaling skipped some
     loss_scale: float | None = None  # mixed precision's dynamic loss scale at the end
     out_uri: str | None = None  # the results-store location when `out_dir` was an s3:// URI
+    # The exported model in memory and, when validation traced one for it, its predictor
+    # (`segflow.evaluate.make_predictor`): evaluate with them, without loading and tracing again.
+    model: keras.Model | None = None
+    predictor: object | None = None
 
 
 def train(
@@ -141,18 +150,20 @@ def train(
         keras.mixed_precision.set_global_policy(previous_policy)
 
     print(input_pipeline.startup_line(config, records_dir, model), flush=True)
+    # The exported model: float32, single output, at the full image size; also the validation
+    # model when validation runs at that size.
+    export_model = build_inference_model(config, config.image_size)
     try:
         if sync:
             sync.start()
-        _fit(
+        predictor = _fit(
             config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose,
             resume_state=resume.state, on_checkpoint=sync.checkpoint_saved if sync else None,
+            inference_model=export_model,
         )  # fmt: skip
         _check_finite_weights(model, total_steps)  # never export a diverged model
-        # The exported model: float32, single output, at the full image size.
-        export_model = build_inference_model(config, config.image_size)
         copy_weights(model, export_model)
-        model_path, saved_model_dir = export(export_model, out_dir)
+        model_path, saved_model_dir = export(export_model, out_dir, saved_model=config.saved_model)
         if sync:
             sync.finish()
     finally:
@@ -172,6 +183,8 @@ def train(
         optimizer_updates=_optimizer_steps(model),
         loss_scale=_loss_scale(model),
         out_uri=sync.uri if sync else None,
+        model=export_model,
+        predictor=predictor,
     )  # fmt: skip
 
 
@@ -294,9 +307,10 @@ def _all_layers(model: keras.Model):
             yield layer
 
 
-def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
-    """Save `model` as `model.keras` and as a TF SavedModel in `saved_model/` (uint8 images of any
-    size in, labelIds and trainIds out: `segflow.serving`), each atomically."""
+def export(model: keras.Model, out_dir: Path, *, saved_model: bool = True) -> tuple[Path, Path | None]:
+    """Save `model` as `model.keras` and, with `saved_model`, as a TF SavedModel in `saved_model/`
+    (uint8 images of any size in, labelIds and trainIds out: `segflow.serving`), each atomically.
+    Returns their paths (None for the SavedModel when not written)."""
     from segflow.serving import export_saved_model
 
     model_path = out_dir / MODEL_FILE
@@ -308,6 +322,8 @@ def export(model: keras.Model, out_dir: Path) -> tuple[Path, Path]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+    if not saved_model:
+        return model_path, None
 
     saved_model_dir = out_dir / SAVED_MODEL_DIR
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".saved_model."))
@@ -330,18 +346,23 @@ def read_history(out_dir: Path) -> list[dict]:
 
 
 def _fit(
-    config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose, *, resume_state=None, on_checkpoint=None
-) -> None:
+    config, model, records_dir, out_dir, start_step, steps_per_epoch, verbose, *, inference_model,
+    resume_state=None, on_checkpoint=None,
+):  # fmt: skip
     """Run the remaining steps: first the epoch-end work of an epoch whose last step was
     checkpointed but whose validation or history entry was not (a kill at an epoch boundary),
-    then the rest of an interrupted epoch, then the whole epochs."""
+    then the rest of an interrupted epoch, then the whole epochs.
+
+    Validation runs on `inference_model` (a model at `image_size`) when `val_image_size` is that
+    size too, else on a model built at it. Returns the traced predictor of `inference_model`, or
+    None when validation used another model or nothing was left to run."""
     from segflow import input_pipeline
 
     total_steps = steps_per_epoch * config.epochs
     first_epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
     epoch_end_missing = start_step > 0 and not done_in_epoch and not _epoch_end_done(out_dir, first_epoch)
     if start_step >= total_steps and not epoch_end_missing:
-        return
+        return None
     num_outputs = len(model.outputs)
 
     def train_data(first_step: int):
@@ -375,7 +396,8 @@ def _fit(
 
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     best = checkpoints.best_state(checkpoint_dir)
-    val_model = build_inference_model(config, config.val_image_size or config.image_size)
+    val_size = tuple(config.val_image_size or config.image_size)
+    val_model = inference_model if val_size == tuple(config.image_size) else build_inference_model(config, val_size)
     validation = ValidationMIoU(val_model, val_data)
     history = HistoryWriter(out_dir / HISTORY_FILE, config.batch_size, steps_per_epoch, config.epochs)
     checkpointer = StepCheckpointer(
@@ -412,6 +434,7 @@ def _fit(
             verbose=verbose,
             shuffle=False,  # make_dataset shuffles; Keras' default True only warns for a Dataset
         )
+    return validation.predictor if val_model is inference_model else None
 
 
 def _epoch_end_done(out_dir: Path, epochs: int) -> bool:

@@ -38,7 +38,8 @@ def test_served_pipeline_runs_when_triggered_through_the_api(prefect_api, tmp_pa
         epochs = schema["definitions"]["TrainSettings"]["properties"]["epochs"]
         assert epochs["default"] == 50 and epochs["description"] == "Number of epochs."
 
-        params = demo_params(architectures=["unet"], seed=3, results_uri=str(results), work_dir=str(work))
+        params = demo_params(architectures=["unet"], seed=3, results_uri=str(results), work_dir=str(work),
+                             epochs=2, steps_per_epoch=8, width=0.125, batch_size=4, synthetic_images=(16, 4))  # tiny
         with temporary_settings({PREFECT_API_URL: api}):
             flow_run = run_deployment(
                 f"{PIPELINE_FLOW}/pipeline", parameters={"params": params.model_dump(mode="json")}, timeout=600, poll_interval=2

@@ -27,6 +27,8 @@ from segflow.run_files import METRICS_FILE
 
 ARCHITECTURES = ["unet", "segnet"]
 ARCHITECTURES_ALL = ["unet", "segnet", "icnet", "resnet", "deeplabv3plus"]  # infra/scale-out.yaml
+# Smaller than the demo's models and data: these tests are about where trainings run, not what they learn.
+TINY = dict(width=0.125, batch_size=4, synthetic_images=(16, 4))
 
 
 def create_pools(api: str, names: list[str], pool_type: str = "process", templates: list[dict] | None = None) -> None:
@@ -165,7 +167,8 @@ def test_workers_run_the_pipeline_and_each_training_on_its_own_gpu(prefect_api, 
         **worker_env(prefect_env, s3_endpoint, tmp_path),
     }
     create_pools(api, [cpu_pool, gpu_pool])
-    params = demo_params(architectures=ARCHITECTURES, epochs=1, steps_per_epoch=2, results_uri=s3_bucket, work_dir=str(work))
+    params = demo_params(architectures=ARCHITECTURES, epochs=1, steps_per_epoch=2, results_uri=s3_bucket, work_dir=str(work),
+                         **TINY)  # fmt: skip
     assert len(deploy_process_pools(api, cpu_pool, gpu_pool, params)) == 6  # five trainings and the pipeline
     cpu_log, gpu_log = tmp_path / "cpu-worker.log", tmp_path / "gpu-worker.log"
     logs = lambda: f"CPU worker:\n{tail(cpu_log)}\nGPU worker:\n{tail(gpu_log)}"  # noqa: E731
@@ -240,7 +243,7 @@ def test_a_lost_gpu_worker_s_trainings_resume_on_another_from_the_store(prefect_
     steps = 40
     params = demo_params(
         architectures=ARCHITECTURES, epochs=1, steps_per_epoch=steps, checkpoint_every_steps=4, results_uri=s3_bucket,
-        work_dir=str(work),
+        work_dir=str(work), **TINY,
     )  # fmt: skip
     deploy_process_pools(api, cpu_pool, gpu_pool, params)
     cpu_log, lost_log, spare_log = (tmp_path / f"{name}-worker.log" for name in ("cpu", "lost", "spare"))

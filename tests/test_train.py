@@ -82,6 +82,22 @@ def test_the_final_model_is_exported_as_keras_and_as_a_saved_model(trained):
 
 
 @pytest.mark.slow
+def test_validation_and_evaluation_share_the_exported_model_and_one_traced_predictor(trained, records, tmp_path):
+    """The training process traces one predictor, on the model it exports: the per-epoch
+    validation (batches of 2 val images, 4 epochs) and the evaluation (single images) all use
+    that one graph, and the evaluation scores exactly what the exported file scores loaded anew."""
+    from segflow.evaluate import evaluate_model
+
+    assert trained.predictor.graph_function.experimental_get_tracing_count() == 1
+    in_memory = evaluate_model(trained.model_path, records, tmp_path / "memory", model=trained.model, predictor=trained.predictor)
+    assert trained.predictor.graph_function.experimental_get_tracing_count() == 1
+    from_file = evaluate_model(trained.model_path, records, tmp_path / "file")
+    assert in_memory["confusion_matrix"] == from_file["confusion_matrix"] and in_memory["miou"] == from_file["miou"]
+    # The records are 64x128, the model's size: the last epoch's validation scored the same pixels.
+    assert in_memory["miou"] == pytest.approx(trained.history[-1]["val_miou"], abs=1e-9)
+
+
+@pytest.mark.slow
 def test_a_restart_with_other_settings_is_refused_and_changes_nothing(trained, records):
     from segflow.train import train
 
@@ -158,12 +174,15 @@ def test_crops_adamw_class_weights_ohem_and_val_size_take_effect_and_export_at_t
     config = TrainConfig(
         architecture="unet", width=0.0625, image_size=(64, 128), crop_size=(64, 64), val_image_size=(32, 64),
         batch_size=2, epochs=1, steps_per_epoch=2, warmup_steps=0, optimizer="adamw", learning_rate=1e-3,
-        class_weights=True, ohem=True, ohem_min_kept=1000,
+        class_weights=True, ohem=True, ohem_min_kept=1000, saved_model=False,
     )  # fmt: skip
     result = train(config, records, tmp_path / "run", verbose=0)
     assert [entry["step"] for entry in result.history] == [2]
     assert 0 < result.history[0]["val_miou"] < 1 and np.isfinite(result.history[0]["loss"])
     assert load_model(result.model_path).input_shape == (None, 64, 128, 3)  # trained on 64x64 crops
+    # saved_model off: model.keras only; validation at 32x64 had its own model, not the exported one.
+    assert result.saved_model_dir is None and not (tmp_path / "run" / "saved_model").exists()
+    assert result.predictor is None and result.model.input_shape == (None, 64, 128, 3)
 
     images, labels = (np.asarray(tensor) for tensor in seen["batch"])
     assert images.shape == (2, 64, 64, 3) and labels.shape == (2, 64, 64)  # crops, not 64x128 images

@@ -50,7 +50,7 @@ def test_run_started_from_the_ui_form_completes_with_its_parameters(prefect_api,
     ui = api.removesuffix("/api")
     results, work, log = tmp_path / "results", tmp_path / "work", tmp_path / "serve.log"
     screenshots = tmp_path / "screenshots"
-    env = serve_env(prefect_env, tmp_path, SEGFLOW_DEMO="1")  # tiny defaults, so the run takes a minute
+    env = serve_env(prefect_env, tmp_path, SEGFLOW_DEMO="1")  # the demo's settings: U-Net learns in minutes
     expected = demo_params(architectures=["unet"], seed=7, results_uri=str(results), work_dir=str(work))
 
     with serving(api, env, log) as deployments, sync_playwright() as playwright:
@@ -74,8 +74,8 @@ def test_run_started_from_the_ui_form_completes_with_its_parameters(prefect_api,
             # The form shows the deployment's defaults; keep unet only and change the seed.
             architectures = form_field(page, "Architectures")
             expect(architectures.locator(".p-tag")).to_have_text(list(defaults.architectures))
-            expect(form_field(page, "Epochs").locator("input")).to_have_value("2")
-            expect(form_field(page, "Width").locator("input")).to_have_value("0.125")
+            expect(form_field(page, "Epochs").locator("input")).to_have_value(str(defaults.training.epochs))
+            expect(form_field(page, "Width").locator("input")).to_have_value(str(defaults.training.width))
             for name in defaults.architectures[1:]:
                 architectures.locator(".p-tag", has_text=re.compile(f"^{name}$")).locator(".p-tag__dismiss").click()
             expect(architectures.locator(".p-tag")).to_have_text(["unet"])
@@ -95,7 +95,7 @@ def test_run_started_from_the_ui_form_completes_with_its_parameters(prefect_api,
             expect(page.get_by_text(created.value.json()["name"]).first).to_be_visible()  # in the deployment's runs
             page.screenshot(path=screenshots / "2-submitted.png")
 
-            flow_run = wait_for_flow_run(api, flow_run_id, timeout_s=200, log_path=log)
+            flow_run = wait_for_flow_run(api, flow_run_id, timeout_s=400, log_path=log)  # 60 steps of U-Net
             task_runs(api, flow_run_id, count=10)  # recorded from events, a moment later
             page.goto(f"{ui}/runs/flow-run/{flow_run_id}")
             # The run's page: its state, its task runs (the graph) and their logs.
