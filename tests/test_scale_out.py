@@ -202,10 +202,14 @@ def test_workers_run_the_pipeline_and_each_training_on_its_own_gpu(prefect_api, 
         metrics = storage.read_json(storage.join(out_uri, METRICS_FILE))
         assert 0.0 <= metrics["miou"] <= 1.0 and metrics["num_images"] == 4, metrics
     assert sorted(visible.values()) == ["0", "1"], visible
-    # The report and latest.json are in the S3 store.
+    assert_published(s3_bucket, pipeline["id"])
+
+
+def assert_published(s3_bucket: str, pipeline_id: str) -> None:
+    """The run's report, run.json and latest.json are in the S3 store, every architecture completed."""
     latest = storage.read_json(storage.join(s3_bucket, "latest.json"))
     record = storage.read_json(storage.join(latest["uri"], "run.json"))
-    assert record["flow_run_id"] == pipeline["id"]
+    assert record["flow_run_id"] == pipeline_id
     assert record["architectures"] == {arch: {"status": "completed", "error": None} for arch in ARCHITECTURES}
     report = storage.read_text(storage.join(latest["uri"], "report", "report.html"))
     assert all(arch in report for arch in ARCHITECTURES)
@@ -385,11 +389,5 @@ def test_docker_pools_run_the_pipeline_and_each_training_in_its_own_container(
         assert run["id"] not in cpu_log.read_text()
         metrics = storage.read_json(storage.join(run["parameters"]["out_uri"], METRICS_FILE))
         assert 0.0 <= metrics["miou"] <= 1.0 and metrics["num_images"] == 4, metrics
-    # The report and latest.json are in the S3 store.
-    latest = storage.read_json(storage.join(s3_bucket, "latest.json"))
-    record = storage.read_json(storage.join(latest["uri"], "run.json"))
-    assert record["flow_run_id"] == pipeline["id"]
-    assert record["architectures"] == {arch: {"status": "completed", "error": None} for arch in ARCHITECTURES}
-    report = storage.read_text(storage.join(latest["uri"], "report", "report.html"))
-    assert all(arch in report for arch in ARCHITECTURES)
+    assert_published(s3_bucket, pipeline["id"])
     subprocess.run(["docker", "rm", "--force", *containers.values()], env=docker_engine, capture_output=True)
