@@ -246,7 +246,23 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         loss_weights=list(loss_weights) if loss_weights else None,
         jit_compile=config.jit,
     )
+    _build_training_state(model, config.batch_size, config.train_size)
     return model
+
+
+def _build_training_state(model: keras.Model, batch_size: int, train_size: tuple[int, int]) -> None:
+    """Create the optimizer's slots and the loss trackers now, outside any trace.
+
+    Without a distribution strategy scope, Keras 3's TensorFlow trainer leaves them to the first
+    trace of the training step (`keras/src/backend/tensorflow/trainer.py`,
+    `_maybe_symbolic_build`), and a `tf.function` that creates variables is traced twice: once
+    creating them, once more without. Building them here is the same symbolic build Keras runs
+    under a strategy and on its other backends; it halves the tracing of the first step (the
+    demo's ICNet: 59 → 31 CPU-s, plus 3 CPU-s here; BENCHMARKS.md, 'One trace per step').
+    """
+    labels = keras.KerasTensor((batch_size, *train_size), "int32")
+    num_outputs = len(model.outputs)
+    model._symbolic_build(data_batch=(model.input, (labels,) * num_outputs if num_outputs > 1 else labels))
 
 
 def check_backbone_weights(setting: str) -> None:
