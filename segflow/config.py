@@ -349,5 +349,6 @@ def demo_params(**overrides) -> PipelineParams:
         replaced = {key: value for key, value in keywords.items() if key in recipes.settings("demo", architecture)}
         if replaced or architecture in per_architecture:
             per_architecture[architecture] = {**replaced, **per_architecture.get(architecture, {})}
-    values = dict(source="synthetic", synthetic_images=(64, 16), synthetic_size=(64, 128), recipe="demo")
+    values = dict(source="synthetic", synthetic_images=(64, 16), synthetic_size=(64, 128), recipe="demo",
+                  max_parallel_training=2)
     return PipelineParams(**{**values, **overrides, "training": training, "overrides": per_architecture})

@@ -99,6 +99,20 @@ def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
     assert any(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
 
 
+
+@pytest.mark.parametrize("training", [True, False])
+def test_datasets_run_without_the_autotuner_whose_iterators_stall_when_deleted(records_dir, training):
+    """TF 2.21's tf.data autotuner makes deleting an iterator wait out its current period,
+    which doubles up to 60 s: a 30-s-old training iterator took 10.9 s to delete (twice; 0.00 s
+    without it) and the demo's trainings stalled up to 62 s when `fit` returned. The stall
+    depends on the autotuner's timing (a 25-s-old one did not stall in other runs), so this test
+    checks the setting rather than timing a deletion."""
+    dataset = input_pipeline.make_dataset(
+        records_dir[0], "train" if training else "val", training=training, batch_size=1, crop_size=(16, 32), seed=0
+    )
+    assert dataset.options().autotune.enabled is False
+    assert next(iter(dataset))[0].shape[0] == 1
+
 def test_count_examples_reads_the_shards_or_trusts_the_manifest(records_dir, tmp_path):
     folder, _ = records_dir
     assert input_pipeline.count_examples(folder, "train") == NUM_TRAIN
