@@ -41,6 +41,15 @@ class TrainingInterrupted(RuntimeError):
     another attempt resumes from the last checkpoint, so this one is worth retrying."""
 
 
+def cpu_threads_per_training(parallel_trainings: int, cores: int | None = None) -> int:
+    """The cores each of `parallel_trainings` trainings on a CPU machine gets, at least one.
+
+    TensorFlow sizes its thread pools to every core in each process; two demo trainings on 2
+    cores then run 4 + 4 threads, and their pair took 89 s against 79 s with one thread each
+    (BENCHMARKS.md, 'Demo')."""
+    return max(1, (cores or os.cpu_count() or 1) // max(1, parallel_trainings))
+
+
 def train_in_subprocess(
     config: TrainConfig,
     records_dir: str | os.PathLike,
@@ -48,6 +57,7 @@ def train_in_subprocess(
     *,
     out_uri: str | None = None,
     gpu_ids: list[str] | None = None,
+    cpu_threads: int | None = None,
     evaluate: bool = True,
     on_progress: Callable[[float], None] | None = None,
     on_output: Callable[[str], None] | None = None,
@@ -57,7 +67,9 @@ def train_in_subprocess(
     `evaluate`, score the exported model on val in the same process.
 
     `gpu_ids`: the only GPUs the child may see (CUDA_VISIBLE_DEVICES); None leaves the
-    environment's. `on_progress(fraction)` is called while it runs (newest checkpoint's step over
+    environment's. `cpu_threads`: TensorFlow's intra- and inter-op thread pools of the child
+    (`TF_NUM_INTRAOP_THREADS`/`TF_NUM_INTEROP_THREADS`, unless the environment sets them); None:
+    TensorFlow's default, every core. `on_progress(fraction)` is called while it runs (newest checkpoint's step over
     the run's optimizer steps), `on_output(line)` with each line the child prints (one per epoch:
     loss, val mIoU, images/s, ETA; then the evaluation), as it prints it. Returns `{architecture, out_dir, model_path, metrics, epochs,
     seconds, gpu_ids}`; `metrics` holds only the headline numbers (the full set is in
@@ -78,6 +90,9 @@ def train_in_subprocess(
     ] + (["--work-dir", str(out_dir)] if out_uri else []) + (["--evaluate"] if evaluate else [])  # fmt: skip
     env = gpus.child_env(gpu_ids) if gpu_ids is not None else dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if cpu_threads:
+        env.setdefault("TF_NUM_INTRAOP_THREADS", str(cpu_threads))
+        env.setdefault("TF_NUM_INTEROP_THREADS", str(cpu_threads))
     total_steps = _total_steps(config, records_dir)
     log_path = out_dir / LOG_FILE
     started = time.monotonic()

@@ -49,3 +49,12 @@ def test_leases_in_two_processes_are_disjoint_and_a_killed_holder_frees_its_gpus
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_parallel_trainings_on_a_cpu_machine_share_its_cores():
+    from segflow.train_process import cpu_threads_per_training
+
+    assert cpu_threads_per_training(2, cores=2) == 1  # the demo on 2 cores: one thread each
+    assert cpu_threads_per_training(2, cores=16) == 8
+    assert cpu_threads_per_training(1, cores=16) == 16
+    assert cpu_threads_per_training(3, cores=2) == 1  # never zero

@@ -9,7 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from segflow.config import PipelineParams
 from segflow.run_files import LOG_FILE
-from segflow.train_process import train_in_subprocess
+from segflow.train_process import cpu_threads_per_training, train_in_subprocess
 from segflow_prefect.tasks.gpus import training_slot
 from segflow_prefect.tasks.retry import TRAINING
 
@@ -39,6 +39,7 @@ def train_architecture(
             out_dir,
             out_uri=out_uri,
             gpu_ids=gpu_ids,
+            cpu_threads=None if gpu_ids else cpu_threads_per_training(params.max_parallel_training),
             on_progress=lambda fraction: update_progress_artifact(progress, 100.0 * fraction),
             on_output=lambda line: logger.info("%s: %s", architecture, line),
         )
