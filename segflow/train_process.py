@@ -151,6 +151,16 @@ def checkpoint_step(out_dir: str | os.PathLike) -> int:
     return max(steps, default=0)
 
 
+def training_pixels(config: TrainConfig, records_dir) -> int:
+    """Pixels a run trains on, steps × batch × crop pixels (0 when the records do not say how
+    many steps): a machine that trains several architectures in turn starts the costliest first,
+    so that the last to finish is not a long one started late (the demo on 2 cores: 364 s from
+    the first training's start to the last one's end in submission order, 313 s estimated
+    costliest first; BENCHMARKS.md, 'Demo')."""
+    height, width = config.train_size
+    return (_total_steps(config, records_dir) or 0) * config.batch_size * height * width
+
+
 def _total_steps(config: TrainConfig, records_dir) -> int | None:
     """Optimizer steps of the whole run, from the records' manifest (no TensorFlow needed)."""
     if config.steps_per_epoch:

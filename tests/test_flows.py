@@ -228,6 +228,33 @@ def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefe
     assert third["start"] < long["end"] - 5, (first, third, long)
 
 
+def test_a_machines_trainings_start_costliest_first_as_slots_free(prefect_harness, tmp_path, monkeypatch):
+    """The demo's recipe: SegNet 160 steps, ICNet 120, U-Net 60, two at a time: U-Net, asked
+    first, starts last, once one of the others has ended; the results keep the order asked."""
+    from prefect import flow, task
+
+    from segflow_prefect.flows import pipeline
+
+    @task
+    def fake_training(architecture, records_dir, out_dir, params, position=""):
+        started = time.monotonic()
+        time.sleep(1.0)
+        return {"start": started, "end": time.monotonic(), "position": position}
+
+    monkeypatch.setattr(pipeline, "train_architecture", fake_training)
+    params = demo_params(work_dir=str(tmp_path / "work"), architectures=["unet", "segnet", "icnet"])
+    assert params.max_parallel_training == 2
+
+    @flow
+    def trainings() -> dict:
+        return {arch: future.result() for arch, future in pipeline._train_here(params, str(tmp_path), tmp_path).items()}
+
+    jobs = trainings()
+    assert list(jobs) == ["unet", "segnet", "icnet"]
+    assert [job["position"] for job in jobs.values()] == ["1/3", "2/3", "3/3"]
+    assert jobs["unet"]["start"] >= min(jobs["segnet"]["end"], jobs["icnet"]["end"]) - 0.05
+    assert max(jobs["segnet"]["start"], jobs["icnet"]["start"]) < min(jobs["segnet"]["end"], jobs["icnet"]["end"])
+
 def test_data_comes_with_one_login_none_on_a_rerun_and_a_wrong_password_fails_once(prefect_harness, tmp_path, monkeypatch):
     from prefect import flow
 

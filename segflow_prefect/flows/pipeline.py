@@ -5,7 +5,8 @@
 
 Every training job (here, or a flow run of `training_deployment` on the GPU pool) trains and
 evaluates in its own child process and hands back only metrics, paths and timings; how many run
-at once is Prefect's global concurrency limit of the machine (one slot per GPU). This process
+at once is Prefect's global concurrency limit of the machine (one slot per GPU), and this machine's
+trainings start costliest first. This process
 never imports TensorFlow. One failing architecture does not stop the others: the run is reported
 and published, and its final state is `Partial` (a Completed state) naming what failed; only
 when every architecture fails is the run Failed.
@@ -19,13 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from segflow import runinfo, storage
+from segflow import gpus, runinfo, storage
 from segflow.config import PipelineParams
 from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE
+from segflow.train_process import training_pixels
 from segflow_prefect.tasks.data import convert_records, prepare_dataset
 from segflow_prefect.tasks.gpus import size_training_limit
 from segflow_prefect.tasks.remote import download_files, train_on_deployment, upload_folder
@@ -71,8 +74,8 @@ def cityscapes_pipeline(params: PipelineParams = PipelineParams()):
 
 
 def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: str) -> dict[str, dict]:
-    """Submit every architecture's training job at once; Prefect's concurrency limit starts each
-    as a slot frees. Returns `{architecture: small result or {"error": "..."}}` in the order asked."""
+    """Run every architecture's training job: on the GPU pool all at once (its workers' limits
+    start each as a slot frees), or here costliest first as slots free. Returns `{architecture: small result or {"error": "..."}}` in the order asked."""
     if params.training_deployment:
         records_uri = upload_folder(records_dir, storage.join(params.results_uri, "records", Path(records_dir).name))
         futures = {
@@ -86,12 +89,7 @@ def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: 
             for arch in params.architectures
         }
     else:
-        size_training_limit(params.max_parallel_training)
-        count = len(params.architectures)
-        futures = {
-            arch: train_architecture.submit(arch, records_dir, str(run_dir / arch), params, position=f"{number}/{count}")
-            for number, arch in enumerate(params.architectures, start=1)
-        }
+        futures = _train_here(params, records_dir, run_dir)
     outcomes = {}
     for arch, future in futures.items():
         future.wait()
@@ -102,6 +100,23 @@ def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: 
         if params.training_deployment:  # the report needs these small files of a run trained elsewhere
             download_files(outcomes[arch]["out_uri"], [CONFIG_FILE, HISTORY_FILE, METRICS_FILE], str(run_dir / arch))
     return outcomes
+
+
+def _train_here(params: PipelineParams, records_dir: str, run_dir: Path) -> dict:
+    """Start this machine's trainings costliest first (`training_pixels`), each as a training
+    slot frees; the slots (Prefect's concurrency limit) still guard the GPUs against other flow
+    runs. Returns `{architecture: future}` in the order asked."""
+    at_once = max(1, size_training_limit(params.max_parallel_training) // max(1, gpus.gpus_per_training()))
+    count = len(params.architectures)
+    position = {arch: f"{number}/{count}" for number, arch in enumerate(params.architectures, start=1)}
+    order = sorted(params.architectures, key=lambda arch: -training_pixels(params.train_config(arch), records_dir))
+    futures, running = {}, []
+    for arch in order:
+        if len(running) >= at_once:
+            running.remove(next(as_completed(running)))
+        futures[arch] = train_architecture.submit(arch, records_dir, str(run_dir / arch), params, position=position[arch])
+        running.append(futures[arch])
+    return {arch: futures[arch] for arch in params.architectures}
 
 
 def _model_uri(run_uri: str, outcome: dict, decision: dict) -> str:
