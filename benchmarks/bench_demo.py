@@ -201,7 +201,7 @@ def main() -> None:
     steady = sum(seconds for name, seconds in rows if name in ("training steps", "validation"))
     print(f"\nsegflow demo: {wall:.0f} s wall" + (f", {demo['cpu_s']:.0f} CPU-s in its processes" if demo else "")
           + (f", load average at the end {demo['load_average'][0]:.1f}" if demo and "load_average" in demo else ""))
-    print(f"| stage | seconds | share |\n| --- | --- | --- |")
+    print(f"| stage | process-seconds | share |\n| --- | --- | --- |")
     process_seconds = sum(seconds for _, seconds in rows)
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / process_seconds:.0%} |")
