@@ -159,8 +159,9 @@ def make_dataset(
     # every validation pass), waits out its current optimisation period, which doubles up to 60 s
     # (TF 2.21): deleting a 30-s-old training iterator took 10.9 s, and the demo's trainings
     # stalled up to 62 s after their last epoch. Without it, AUTOTUNE parallelism is the core
-    # count and prefetch grows its buffer itself; measured side by side on 2 cores: 64×128
-    # batches 1.06-1.19× as fast, 512×1024 crops 0.91-1.03× (BENCHMARKS.md, 'Demo').
+    # count and prefetch grows its buffer itself; measured side by side on 2 cores (3 rounds,
+    # round by round): 64×128 batches 1.08-1.14× as fast, 512×1024 crops 0.87-1.03×
+    # (BENCHMARKS.md, 'Demo').
     options.autotune.enabled = False
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 

@@ -258,7 +258,7 @@ def _build_training_state(model: keras.Model, batch_size: int, train_size: tuple
     `_maybe_symbolic_build`), and a `tf.function` that creates variables is traced twice: once
     creating them, once more without. Building them here is the same symbolic build Keras runs
     under a strategy and on its other backends; it halves the tracing of the first step (the
-    demo's ICNet: 59 → 31 CPU-s, plus 3 CPU-s here; BENCHMARKS.md, 'One trace per step').
+    demo's ICNet: 59 → 31 CPU-s, plus 3 CPU-s here; BENCHMARKS.md, 'Demo').
     """
     labels = keras.KerasTensor((batch_size, *train_size), "int32")
     num_outputs = len(model.outputs)

@@ -67,10 +67,10 @@ def train_in_subprocess(
     `evaluate`, score the exported model on val in the same process.
 
     `gpu_ids`: the only GPUs the child may see (CUDA_VISIBLE_DEVICES); None leaves the
-    environment's. `cpu_threads`: TensorFlow's intra- and inter-op thread pools of the child
-    (`TF_NUM_INTRAOP_THREADS`/`TF_NUM_INTEROP_THREADS`, unless the environment sets them); None:
-    TensorFlow's default, every core. `on_progress(fraction)` is called while it runs (newest checkpoint's step over
-    the run's optimizer steps), `on_output(line)` with each line the child prints (one per epoch:
+    environment's. `cpu_threads`: the size of TensorFlow's intra- and inter-op thread pools in
+    the child (`TF_NUM_INTRAOP_THREADS`/`TF_NUM_INTEROP_THREADS`, unless the environment sets
+    them); None: TensorFlow's default, every core. `on_progress(fraction)` is called while it runs
+    (newest checkpoint's step over the run's optimizer steps), `on_output(line)` with each line the child prints (one per epoch:
     loss, val mIoU, images/s, ETA; then the evaluation), as it prints it. Returns `{architecture, out_dir, model_path, metrics, epochs,
     seconds, gpu_ids}`; `metrics` holds only the headline numbers (the full set is in
     `out_dir/metrics.json`). Raises SegflowError when the child refused its input (its one

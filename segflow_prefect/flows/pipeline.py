@@ -75,7 +75,8 @@ def cityscapes_pipeline(params: PipelineParams = PipelineParams()):
 
 def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: str) -> dict[str, dict]:
     """Run every architecture's training job: on the GPU pool all at once (its workers' limits
-    start each as a slot frees), or here costliest first as slots free. Returns `{architecture: small result or {"error": "..."}}` in the order asked."""
+    start each as a slot frees), or here costliest first as slots free. Returns
+    `{architecture: small result or {"error": "..."}}` in the order asked."""
     if params.training_deployment:
         records_uri = upload_folder(records_dir, storage.join(params.results_uri, "records", Path(records_dir).name))
         futures = {
