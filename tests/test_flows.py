@@ -255,6 +255,7 @@ def test_a_machines_trainings_start_costliest_first_as_slots_free(prefect_harnes
     assert jobs["unet"]["start"] >= min(jobs["segnet"]["end"], jobs["icnet"]["end"]) - 0.05
     assert max(jobs["segnet"]["start"], jobs["icnet"]["start"]) < min(jobs["segnet"]["end"], jobs["icnet"]["end"])
 
+
 def test_data_comes_with_one_login_none_on_a_rerun_and_a_wrong_password_fails_once(prefect_harness, tmp_path, monkeypatch):
     from prefect import flow
 

@@ -99,7 +99,6 @@ def test_same_seed_gives_identical_batches_other_seed_does_not(records_dir):
     assert any(not np.array_equal(images, other_images) for (images, _), (other_images, _) in zip(first, other))
 
 
-
 @pytest.mark.parametrize("training", [True, False])
 def test_datasets_run_without_the_autotuner_whose_iterators_stall_when_deleted(records_dir, training):
     """TF 2.21's tf.data autotuner makes deleting an iterator wait out its current period,
@@ -112,6 +111,7 @@ def test_datasets_run_without_the_autotuner_whose_iterators_stall_when_deleted(r
     )
     assert dataset.options().autotune.enabled is False
     assert next(iter(dataset))[0].shape[0] == 1
+
 
 def test_count_examples_reads_the_shards_or_trusts_the_manifest(records_dir, tmp_path):
     folder, _ = records_dir

@@ -107,7 +107,8 @@ def _train_here(params: PipelineParams, records_dir: str, run_dir: Path) -> dict
     """Start this machine's trainings costliest first (`training_pixels`), each as a training
     slot frees; the slots (Prefect's concurrency limit) still guard the GPUs against other flow
     runs. Returns `{architecture: future}` in the order asked."""
-    at_once = max(1, size_training_limit(params.max_parallel_training) // max(1, gpus.gpus_per_training()))
+    size_training_limit(params.max_parallel_training)
+    at_once = gpus.training_slots(params.max_parallel_training)
     count = len(params.architectures)
     position = {arch: f"{number}/{count}" for number, arch in enumerate(params.architectures, start=1)}
     order = sorted(params.architectures, key=lambda arch: -training_pixels(params.train_config(arch), records_dir))
