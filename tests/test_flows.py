@@ -197,10 +197,14 @@ def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefe
     monkeypatch.setenv("SEGFLOW_GPUS_PER_TRAINING", "2")
     monkeypatch.setenv("SEGFLOW_GPU_LOCK_DIR", str(tmp_path / "locks"))
 
+    holding = tmp_path / "long-holds-its-slot"
+
     @task
     def fake_training(seconds: float) -> dict:
         with training_slot() as gpu_ids:
             started = time.monotonic()
+            if seconds > 10:
+                holding.touch()
             child = subprocess.run(
                 [sys.executable, "-c", REPORT_VISIBLE_DEVICES, str(seconds)],
                 env=gpus.child_env(gpu_ids), capture_output=True, text=True, check=True,
@@ -208,19 +212,28 @@ def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefe
             return {"visible": child.stdout.strip(), "start": started, "end": time.monotonic()}
 
     @flow
-    def trainings(durations: list[float]) -> list[dict]:
+    def trainings() -> list[dict]:
         assert size_training_limit(cpu_slots=1) == 4
-        return [future.result() for future in fake_training.map(durations)]
+        # The long job takes its slot first (on a loaded machine Prefect may otherwise hand both
+        # slots to the short ones first); then the two short ones compete for the other slot.
+        long = fake_training.submit(50.0)
+        deadline = time.monotonic() + 60
+        while not holding.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shorts = fake_training.map([2.0, 2.0])
+        return [long.result()] + [future.result() for future in shorts]
 
     # The long job runs well past Prefect's retry-after (about the limit's average slot occupancy),
     # so the refill is seen even on a loaded machine.
-    short, long, later = trainings([2.0, 50.0, 2.0])
+    long, short, later = trainings()
     assert gpus.training_slots(cpu_slots=1) == 2
     for job in (short, long, later):
         assert len(job["visible"].split(",")) == 2 and set(job["visible"].split(",")) <= {"0", "1", "2", "3"}
-    # At most two at once: the third started only after the short one ended, and with its GPUs.
+    # At most two at once: the second short job started only after the first ended, and with its
+    # GPUs, which the long job never saw.
     first, third = sorted([short, later], key=lambda job: job["start"])
-    assert third["start"] >= first["end"] - 0.5
+    assert first["start"] > long["start"]
+    assert third["start"] >= first["end"]
     assert third["visible"] == first["visible"]
     assert set(long["visible"].split(",")).isdisjoint(first["visible"].split(","))
     # The freed slot refilled while the long training still ran (Prefect's retry-after is the
