@@ -201,7 +201,7 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
     `backbone`, its encoder starts from `config.backbone_weights` (a resumed run restores a
     checkpoint instead). With `config.augment_on_device` it takes uint8 crops and their colour
     maps (`segflow.device_augment.with_device_augment`)."""
-    from segflow import models
+    from segflow import models, optimizers
     from segflow.losses import SegmentationCrossEntropy
     from segflow.schedules import PolyWarmup
 
@@ -235,9 +235,9 @@ def build_training_model(config: TrainConfig, records_dir: Path, total_steps: in
         power=config.poly_power,
     )
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+        optimizer = optimizers.AdamW(schedule, weight_decay=config.weight_decay)
     # Decay only kernels: biases and normalisation scales/offsets are not regularised.
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(
