@@ -167,6 +167,7 @@ def evaluate(predictions, ground_truth, split, workers, model, records, out, for
 # --- train ---------------------------------------------------------------------------------
 from segflow.config import Architecture, TrainSettings, train_config  # noqa: E402  (pydantic only, no TensorFlow)
 from segflow.recipes import RecipeName  # noqa: E402
+from segflow.run_files import METRICS_FILE, SAMPLES_DIR  # noqa: E402
 
 # Short spellings kept beside the options named after the settings.
 OPTION_ALIASES = {"learning_rate": ["--lr"], "checkpoint_every_steps": ["--checkpoint-every"]}
@@ -260,11 +261,16 @@ def train(config_file, recipe, records, out, work_dir, quiet, evaluate, **settin
     if evaluate:
         from segflow.evaluate import evaluate_model
 
+        from segflow.report.samples import NUM_SAMPLES
+
         metrics = evaluate_model(result.model_path, records, Path(result.model_path).parent,
-                                 model=result.model, predictor=result.predictor)  # fmt: skip
-        metrics_path = Path(result.model_path).parent / "metrics.json"
-        if result.out_uri:  # the run lives in the store: its metrics go there too
-            metrics_path = storage.upload_file(metrics_path, storage.join(result.out_uri, "metrics.json"))
+                                 model=result.model, predictor=result.predictor, samples=NUM_SAMPLES)  # fmt: skip
+        metrics_path = Path(result.model_path).parent / METRICS_FILE
+        if result.out_uri:  # the run lives in the store: its metrics and sample tiles go there too
+            metrics_path = storage.upload_file(metrics_path, storage.join(result.out_uri, METRICS_FILE))
+            samples = Path(result.model_path).parent / SAMPLES_DIR
+            if samples.is_dir():  # sorted: samples.json, the index the report reads, goes last
+                storage.upload_dir(samples, storage.join(result.out_uri, SAMPLES_DIR))
         click.echo(f"{metrics_path}: val mIoU {metrics['miou']}")
 
 
@@ -362,7 +368,8 @@ def synth(out, train, val, test, height, width, seed, zips):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for report.html, report.json and report.md.")
 @click.option("--records", type=click.Path(file_okay=False, path_type=Path), callback=_location("--records", ("local",)),
-              help="TFRecords folder to take the sample images from.  [default: the run's own data, if on this machine]")
+              help="TFRecords folder to take the sample images from, running each model on them.  [default: the tiles "
+                   "evaluation wrote in each architecture's samples/, else the run's own data, if on this machine]")
 @click.option("--samples", "num_samples", default=3, show_default=True, type=click.IntRange(min=0),
               help="Val images shown with each architecture's prediction.")
 def report(runs, out_dir, records, num_samples):

@@ -121,8 +121,11 @@ def evaluate_model(
     batch_size: int = 1,
     model=None,
     predictor=None,
+    samples: int = 0,
 ) -> dict:
     """Score `model_path` on `split` of `records_dir`; write and return `out_dir/metrics.json`.
+    With `samples` > 0, also write the report's tiles of the first `samples` val images
+    (`segflow.report.samples.write_samples`: `out_dir/samples/`, replaced).
 
     `model`: the model of `model_path` already in memory (`segflow.train.TrainResult.model`), and
     `predictor` its `make_predictor` (`TrainResult.predictor`): used instead of loading the file
@@ -193,6 +196,10 @@ def evaluate_model(
         "gflops": gflops(model),
     }
     write_metrics(metrics, Path(out_dir) / METRICS_FILE)
+    if samples:  # the report's tiles, with the predictor already traced
+        from segflow.report.samples import write_samples
+
+        write_samples(out_dir, records_dir, predictor, samples)
     return metrics
 
 

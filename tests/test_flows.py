@@ -159,6 +159,7 @@ def test_killed_training_retries_and_resumes_and_a_failed_architecture_leaves_a_
 
 def test_training_flow_for_a_gpu_pool_reads_and_writes_only_the_results_store(prefect_harness, s3_bucket, tmp_path):
     from segflow_prefect.flows.train_architecture import train_architecture_flow
+    from segflow_prefect.tasks.remote import download_files
     from segflow.convert import convert
     from segflow.synthetic import write_dataset
 
@@ -176,6 +177,13 @@ def test_training_flow_for_a_gpu_pool_reads_and_writes_only_the_results_store(pr
     assert storage.read_json(storage.join(out_uri, "metrics.json"))["miou"] == result["metrics"]["miou"]
     assert any(name.startswith("checkpoints/step-") for name in uploaded)
     assert storage.read_json(storage.join(out_uri, "history.json"))[-1]["step"] == 2
+    # The report's sample tiles too; the orchestrator fetches them with the small files.
+    tiles = storage.read_json(storage.join(out_uri, "samples", "samples.json"))["images"]
+    assert len(tiles) == 2 and all(f"samples/{entry['prediction']}" in uploaded for entry in tiles)
+    fetched = Path(download_files.fn(out_uri, ["metrics.json", "samples/"], str(tmp_path / "report-input")))
+    assert sorted(path.relative_to(fetched).as_posix() for path in fetched.rglob("*.*")) == sorted(
+        name for name in uploaded if name == "metrics.json" or name.startswith("samples/")
+    )
 
 
 REPORT_VISIBLE_DEVICES = "import os, sys, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(float(sys.argv[1]))"

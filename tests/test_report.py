@@ -52,7 +52,7 @@ def run_dir(tmp_path_factory):
             architecture=architecture, width=0.0625, image_size=(64, 128), epochs=2, steps_per_epoch=3, batch_size=2
         )
         result = train(config, records_dir, run / architecture, verbose=0)
-        evaluate_model(result.model_path, records_dir, run / architecture)
+        evaluate_model(result.model_path, records_dir, run / architecture, samples=3)  # as `segflow train --evaluate`
     (run / FAILED).mkdir()
     # A failed run's partial history: one short epoch, which must not win "shortest training".
     partial_epoch = {"epoch": 1, "step": 3, "loss": 3.1, "val_miou": 0.01, "images_per_second": 5.0, "wall_time_s": 0.5}
@@ -256,6 +256,51 @@ def test_sample_tiles_show_each_models_own_prediction(run_dir, rendered):
 
 
 @pytest.mark.slow
+def test_samples_are_the_tiles_evaluation_wrote_without_tensorflow(run_dir, tmp_path):
+    """The report embeds each architecture's `samples/` tiles as written, in a process that never
+    imports TensorFlow (no model is loaded)."""
+    script = (
+        "import sys; from segflow.report import write_report; "
+        f"write_report({str(run_dir)!r}, {str(tmp_path)!r}); "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    page = (tmp_path / "report.html").read_text()
+    for architecture in ARCHITECTURES:
+        index = json.loads((run_dir / architecture / "samples" / "samples.json").read_text())
+        assert len(index["images"]) == 2  # the split's two val images (three asked)
+        for entry in index["images"]:
+            tile = (run_dir / architecture / "samples" / entry["prediction"]).read_bytes()
+            assert f'alt="{architecture}" src="data:image/png;base64,{base64.b64encode(tile).decode()}"' in page
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["samples"]["source"] == json.loads(run_dir.joinpath("run.json").read_text())["data"]["records_dir"]
+
+
+@pytest.mark.slow
+def test_the_models_run_when_tiles_are_missing_or_other_images_are_asked(run_dir, tmp_path):
+    """A run without an architecture's tiles (or with --records) runs every model, which gives the
+    tiles evaluation wrote; a blanked stored tile shows only while the stored tiles are used."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("checkpoints", "saved_model", "tensorboard"))
+    written = np.asarray(Image.open(run / "unet" / "samples" / "prediction-0.png").convert("RGB"))
+    blank = io.BytesIO()
+    Image.new("RGB", written.shape[1::-1]).save(blank, format="PNG")
+    (run / "unet" / "samples" / "prediction-0.png").write_bytes(blank.getvalue())
+
+    def first_unet_tile(**options) -> np.ndarray:
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        page = report.write_report(run, out, **options)["html"].read_text()
+        data = re.search(r'<figure><img alt="unet" src="data:image/png;base64,([^"]*)">', page).group(1)
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+    assert not first_unet_tile().any()  # the stored (blanked) tile
+    records = json.loads((run / "run.json").read_text())["data"]["records_dir"]
+    assert (first_unet_tile(records_dir=records) == written).all(axis=-1).mean() > 0.99
+    shutil.rmtree(run / "segnet" / "samples")
+    assert (first_unet_tile() == written).all(axis=-1).mean() > 0.99
+
+
+@pytest.mark.slow
 def test_page_is_self_contained(rendered):
     _, _, page, _ = rendered
     links = re.findall(r"""\b(?:src|href)\s*=\s*(["']?)([^"'\s>]*)""", page, re.IGNORECASE)
@@ -276,11 +321,18 @@ def test_folder_of_train_outputs_without_run_json(run_dir, tmp_path):
     rows = {row["architecture"]: row for row in summary["comparison"]}
     assert {name: rows[name]["val_miou"] for name in ARCHITECTURES} == {name: metrics_of(run_dir, name)["miou"] for name in ARCHITECTURES}
     assert "no run.json" in summary["note"]
-    assert "val images are not on this machine" in summary["samples"]["note"]
+    assert len(summary["samples"]["images"]) == 2  # the tiles each folder holds
 
     single = report.write_report(tmp_path / "runs" / "unet", tmp_path / "single")
-    rows = json.loads(single["json"].read_text())["comparison"]
+    summary = json.loads(single["json"].read_text())
+    rows = summary["comparison"]
     assert [(row["architecture"], row["val_miou"]) for row in rows] == [("unet", metrics_of(run_dir, "unet")["miou"])]
+    assert len(summary["samples"]["images"]) == 2
+
+    # Without tiles and without run.json, nothing says where the val images are.
+    shutil.rmtree(tmp_path / "runs" / "segnet" / "samples")
+    summary = json.loads(report.write_report(tmp_path / "runs", tmp_path / "bare")["json"].read_text())
+    assert "val images are not on this machine" in summary["samples"]["note"]
 
 
 @pytest.mark.slow
@@ -296,8 +348,20 @@ def test_published_run_on_s3(run_dir, s3_bucket, tmp_path):
     assert summary["source"] == run_uri
     assert [row["val_miou"] for row in summary["comparison"][:2]] == [metrics_of(run_dir, name)["miou"] for name in ARCHITECTURES]
     assert summary["failed"] == {FAILED: FAILED_ERROR}
-    # The records are on this machine, so the models were fetched from S3 and run.
+    # The sample tiles came with the run's small files.
     assert len(summary["samples"]["images"]) == 2 and summary["samples"]["note"] is None
+    assert summary["samples"]["source"] == json.loads((run_dir / "run.json").read_text())["data"]["records_dir"]
+
+    # Without one architecture's tiles, the models are fetched from S3 and run on the local records.
+    bare_uri = f"{s3_bucket}/runs/r2"
+    for name in storage.list_files(str(run_dir)):
+        if not re.search(r"checkpoints/|saved_model/|tensorboard/|segnet/samples/", name):
+            storage.upload_file(run_dir / name, storage.join(bare_uri, name))
+    paths = report.write_report(bare_uri, tmp_path / "bare")
+    summary = json.loads(paths["json"].read_text())
+    assert len(summary["samples"]["images"]) == 2 and summary["samples"]["note"] is None
+    # curves + confusion matrix + 2 images × (image, ground truth, 2 predictions): no model failed
+    assert paths["html"].read_text().count("<img") == 2 + 2 * (2 + len(ARCHITECTURES))
 
 
 def test_iiou_column_and_confusion_matrix_from_written_metrics(tmp_path):

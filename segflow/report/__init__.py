@@ -8,16 +8,19 @@ Input is a run folder, local or `s3://`, as the pipeline writes it (file names i
     {arch}/metrics.json       from `segflow.evaluate.evaluate_model` (missing when {arch} failed)
     {arch}/history.json       one entry per epoch (maybe partial when {arch} failed)
     {arch}/config.json        the TrainConfig
-    {arch}/model.keras        the exported model, run on a few val images for the samples
+    {arch}/samples/           the exported model's predictions on the first val images, written
+                              by evaluation; without them the report runs {arch}/model.keras
 
 A results store root (holding `latest.json`) stands for its latest run. A folder without
 `run.json` works too: a `segflow train` output folder (its files at the top) or a folder of
 several; each is named after its folder, and the run section says what is unknown (data source,
 fingerprint, times), so the comparability note errs on the side of showing.
 
-Sample predictions need the val images: the records folder (`--records`, or run.json's
-`data.records_dir`) or the Cityscapes folder (`data.data_root`). A run read back on another
-machine usually has neither; then the section says so and the rest of the report is unchanged.
+Sample predictions are the tiles evaluation wrote in each `{arch}/samples/`, so a run read back on
+another machine shows them too. Where an architecture has none (or `--records` asks for other
+images), every model runs here on the val images: the records folder (`--records`, or run.json's
+`data.records_dir`) or the Cityscapes folder (`data.data_root`); when neither is on this machine,
+the section says so and the rest of the report is unchanged.
 
 The parts: `loading` (reading a run), `summary` (the numbers: pure), `samples` (the only part
 that imports TensorFlow, lazily), `render` (Jinja2 templates in `templates/`), `figures` here.

@@ -1,6 +1,6 @@
 """Reading a run for the report: run.json and each architecture's files, from a local folder or
-`s3://` (its small files are fetched into a temporary folder; models only when the samples need
-them). A results store root (holding `latest.json`) stands for the run it points at.
+`s3://` (its small files and sample tiles are fetched into a temporary folder; models only when
+the samples must be computed). A results store root (holding `latest.json`) stands for the run it points at.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 from segflow import storage
 from segflow.errors import SegflowError
-from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE
+from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, RUN_FILE, SAMPLES_DIR, SAMPLES_FILE
 
 ARCHITECTURE_FILES = (METRICS_FILE, HISTORY_FILE, CONFIG_FILE)
 
@@ -31,6 +31,7 @@ class ArchitectureResult:
     history: list[dict] = dataclasses.field(default_factory=list)
     config: dict | None = None
     model_uri: str | None = None
+    samples_dir: Path | None = None  # the tiles evaluation wrote (`segflow.report.samples.write_samples`)
 
 
 @dataclasses.dataclass
@@ -81,13 +82,20 @@ def local_run_folder(runs: str | os.PathLike) -> Iterator[tuple[Path, Callable[[
     with tempfile.TemporaryDirectory(prefix="segflow-report-") as temporary:
         run_dir = Path(temporary)
         for name in names:
-            if name.count("/") <= 1 and name.rsplit("/", 1)[-1] in wanted:
+            parts = name.split("/")
+            small = len(parts) <= 2 and parts[-1] in wanted
+            if small or _is_sample_tile(parts):
                 storage.download_file(storage.join(str(runs), name), run_dir / name)
 
         def fetch_model(uri: str) -> Path:
             return storage.download_file(uri, run_dir / ".models" / Path(uri).parent.name / MODEL_FILE)
 
         yield run_dir, fetch_model
+
+
+def _is_sample_tile(parts: list[str]) -> bool:
+    """`samples/...` of a `segflow train` folder or `{arch}/samples/...` of a run."""
+    return len(parts) in (2, 3) and parts[-2] == SAMPLES_DIR
 
 
 def load_run(run_dir: Path, *, source: str | None = None) -> Run:
@@ -123,6 +131,7 @@ def load_run(run_dir: Path, *, source: str | None = None) -> Run:
         parts = folder.relative_to(run_dir).parts  # () for a single `segflow train` folder
         model_uri = storage.join(remote, *parts, MODEL_FILE) if remote else str(folder / MODEL_FILE)
         result.model_uri = model_uri if remote or Path(model_uri).is_file() else None
+        result.samples_dir = folder / SAMPLES_DIR if (folder / SAMPLES_DIR / SAMPLES_FILE).is_file() else None
         status = statuses.get(name) or {}
         result.error = status.get("error")
         if status.get("status") == "failed" or result.error:

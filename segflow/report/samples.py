@@ -1,21 +1,28 @@
 """Sample predictions for the report: each model run on the first val images, as PNG tiles.
 
-The only part of the report that needs TensorFlow, imported lazily inside the functions that read
-records or run a model, so loading, summarising and rendering a run never import it.
+Evaluation writes them beside metrics.json (`write_samples`, with the predictor it evaluated
+with, so nothing is loaded or traced again); the report shows those tiles. Only when an
+architecture has none (a run from before they were written, a copy without them) or `--records`
+asks for other images does the report load every model and run it here (20 of the demo report's
+24 s). That path is the only part of the report that needs TensorFlow, imported lazily inside the
+functions that read records or run a model, so loading, summarising and rendering a run never
+import it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from segflow import plots, storage
+from segflow import atomic, plots, storage
 from segflow.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_IDS_SUFFIX, colorize, to_train_ids
 from segflow.errors import SegflowError
 from segflow.report.loading import ArchitectureResult, Run
+from segflow.run_files import SAMPLES_DIR, SAMPLES_FILE
 
 NUM_SAMPLES = 3
 SAMPLE_WIDTH = 512  # sample tiles wider than this are shrunk (a full Cityscapes frame is 2048)
@@ -38,6 +45,9 @@ def sample_predictions(
     if not models:
         result["note"] = "No architecture has a trained model to show predictions of."
         return result
+    stored = None if records_dir else _stored_samples(models, num_samples)
+    if stored is not None:
+        return {**result, **stored}
     data = (run.record or {}).get("data") or {}
     candidates = [records_dir] if records_dir else [data.get("records_dir"), data.get("data_root")]
     located = next((found for found in map(_locate_val_images, filter(None, candidates)) if found), None)
@@ -71,6 +81,81 @@ def sample_predictions(
                 prediction = plots.array_png(colorize(prediction), SAMPLE_WIDTH, nearest=True)
             row["predictions"][arch.name] = prediction
     return result
+
+
+def write_samples(out_dir: str | os.PathLike, records_dir: str | os.PathLike, predictor,
+                  num_samples: int = NUM_SAMPLES) -> Path | None:  # fmt: skip
+    """Write `predictor`'s trainIds for the first `num_samples` val records of `records_dir` as
+    the report's tiles, into `out_dir/samples/` (replacing an older folder atomically).
+
+    `predictor`: `segflow.evaluate.make_predictor` of the model (batch, H, W, 3) float32 →
+    (batch, h, w) trainIds. Files: `image-{i}.png` (RGB), `ground-truth-{i}.png` and
+    `prediction-{i}.png` (trainId colours), each at most SAMPLE_WIDTH wide, and `samples.json`
+    `{"source": records_dir, "asked": num_samples, "images": [{"name", "image", "ground_truth",
+    "prediction"}]}` (fewer images than asked when the split has fewer).
+    Returns the folder, or None when the records hold no val example.
+    """
+    examples = _records_examples(Path(records_dir), num_samples)
+    if not examples:
+        return None
+    target = Path(out_dir) / SAMPLES_DIR
+    index = []
+    with atomic.staging_dir(target, what="sample predictions") as staging:
+        for number, (name, rgb, label, images) in enumerate(examples):
+            prediction = predictor(images, tuple(label.shape))[0]
+            files = {"image": f"image-{number}.png", "ground_truth": f"ground-truth-{number}.png",
+                     "prediction": f"prediction-{number}.png"}  # fmt: skip
+            (staging / files["image"]).write_bytes(plots.array_png(rgb, SAMPLE_WIDTH))
+            (staging / files["ground_truth"]).write_bytes(plots.array_png(colorize(label), SAMPLE_WIDTH, nearest=True))
+            (staging / files["prediction"]).write_bytes(plots.array_png(colorize(prediction), SAMPLE_WIDTH, nearest=True))
+            index.append({"name": name, **files})
+        written = {"source": str(records_dir), "asked": num_samples, "images": index}
+        (staging / SAMPLES_FILE).write_text(json.dumps(written, indent=2) + "\n")
+    return target
+
+
+def _stored_samples(models: list[ArchitectureResult], num_samples: int) -> dict | None:
+    """`sample_predictions`' fields from the tiles evaluation wrote, when every model has them for
+    the same first `num_samples` images; else None (then the models run here)."""
+    entries = {}
+    for arch in models:
+        index = _read_index(arch.samples_dir) if arch.samples_dir else None
+        # Fewer images than asked are enough when the split had no more (`asked` covered them).
+        if index is None or (len(index["images"]) < num_samples and index.get("asked", 0) < num_samples):
+            return None
+        entries[arch.name] = index["images"][:num_samples]
+    first = next(iter(entries))
+    try:
+        names = [entry["name"] for entry in entries[first]]
+        if any([entry["name"] for entry in images] != names for images in entries.values()):
+            return None
+        folders = {arch.name: arch.samples_dir for arch in models}
+        rows = [
+            {
+                "name": entry["name"],
+                "image": _tile(folders[first], entry["image"]),
+                "ground_truth": _tile(folders[first], entry["ground_truth"]),
+                "predictions": {name: _tile(folders[name], images[number]["prediction"]) for name, images in entries.items()},
+            }
+            for number, entry in enumerate(entries[first])
+        ]
+    except (OSError, KeyError, TypeError):
+        return None  # a tile missing or an index not as written
+    return {"source": _read_index(folders[first]).get("source"), "images": names, "rows": rows}
+
+
+def _tile(folder: Path, name: str) -> bytes:
+    if Path(name).name != name:  # a file of the samples folder, not a path out of it
+        raise KeyError(name)
+    return (folder / name).read_bytes()
+
+
+def _read_index(folder: Path) -> dict | None:
+    try:
+        index = json.loads((folder / SAMPLES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return index if isinstance(index, dict) and isinstance(index.get("images"), list) else None
 
 
 def _locate_val_images(folder: str | os.PathLike) -> tuple[str, Path] | None:

@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from segflow import gpus, runinfo, storage
 from segflow.config import PipelineParams
-from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE
+from segflow.run_files import CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, SAMPLES_DIR
 from segflow.train_process import training_pixels
 from segflow_prefect.tasks.data import convert_records, prepare_dataset
 from segflow_prefect.tasks.gpus import size_training_limit
@@ -99,7 +99,8 @@ def _train_all(params: PipelineParams, records_dir: str, run_dir: Path, run_id: 
             continue
         outcomes[arch] = future.result()
         if params.training_deployment:  # the report needs these small files of a run trained elsewhere
-            download_files(outcomes[arch]["out_uri"], [CONFIG_FILE, HISTORY_FILE, METRICS_FILE], str(run_dir / arch))
+            download_files(outcomes[arch]["out_uri"], [CONFIG_FILE, HISTORY_FILE, METRICS_FILE, SAMPLES_DIR + "/"],
+                           str(run_dir / arch))
     return outcomes
 
 

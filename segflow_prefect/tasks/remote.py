@@ -37,11 +37,12 @@ def download_folder(uri: str, local_dir: str, missing_ok: bool = False) -> str:
 
 @task(task_run_name="fetch small files of {uri}")
 def download_files(uri: str, names: list[str], local_dir: str) -> str:
-    """Copy the named files of `uri` (those that exist) into `local_dir`: what the report needs of
-    a run trained elsewhere, without its checkpoints or model."""
-    present = set(storage.list_files(uri))
-    for name in names:
-        if name in present:
+    """Copy the named files of `uri` (those that exist; a name ending in "/" is every file of that
+    folder) into `local_dir`: what the report needs of a run trained elsewhere, without its
+    checkpoints or model."""
+    folders = tuple(name for name in names if name.endswith("/"))
+    for name in storage.list_files(uri):
+        if name in names or name.startswith(folders):
             storage.download_file(storage.join(uri, name), Path(local_dir) / name)
     return local_dir
 
