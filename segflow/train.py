@@ -597,7 +597,8 @@ def progress_line(entry: dict, epochs: int) -> str:
 
 class StepCheckpointer(keras.callbacks.Callback):
     """Saves a resumable checkpoint every `every_steps` steps and at each epoch end, and the
-    weights with the best `val_miou` so far in `best/`; calls `on_checkpoint(path)` after each."""
+    weights with the best `val_miou` so far in `best/` (linked to the epoch end's checkpoint, whose
+    weights they are); calls `on_checkpoint(path)` after each."""
 
     def __init__(self, directory: Path, every_steps: int, start_step: int, steps_per_epoch: int, best_miou, on_checkpoint=None):
         super().__init__()
@@ -607,6 +608,7 @@ class StepCheckpointer(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.best_miou = best_miou
         self.saved_step = start_step
+        self.saved_path = None  # the step checkpoint this session wrote last
         self.on_checkpoint = on_checkpoint
         self.epoch_loss = None
 
@@ -625,10 +627,12 @@ class StepCheckpointer(keras.callbacks.Callback):
     def consider_best(self, miou) -> None:
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_miou = miou
-            _check_finite_weights(self.model, self.step)
-            path = checkpoints.save_checkpoint(
-                self.model, self.directory, checkpoints.BEST_DIR, {**self._state(), "val_miou": miou}
-            )
+            state = {**self._state(), "val_miou": miou}
+            if self.saved_path is not None and self.saved_step == self.step:  # the same weights
+                path = checkpoints.copy_checkpoint(self.saved_path, self.directory, checkpoints.BEST_DIR, state)
+            else:
+                _check_finite_weights(self.model, self.step)
+                path = checkpoints.save_checkpoint(self.model, self.directory, checkpoints.BEST_DIR, state)
             if self.on_checkpoint:
                 self.on_checkpoint(path)
 
@@ -646,7 +650,7 @@ class StepCheckpointer(keras.callbacks.Callback):
             self.model, self.directory, checkpoints.step_checkpoint_name(self.step), self._state()
         )
         checkpoints.prune_step_checkpoints(self.directory, KEEP_STEP_CHECKPOINTS)
-        self.saved_step = self.step
+        self.saved_step, self.saved_path = self.step, path
         if self.on_checkpoint:
             self.on_checkpoint(path)
 

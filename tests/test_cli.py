@@ -37,3 +37,16 @@ def test_a_user_error_is_one_line_and_exit_code_1(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and "missing" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("arguments", "code", "text"), [
+    (["train", "--config", "/no/such/config.json", "--records", "/tmp", "--out", "/tmp/never"], 1, "Error: cannot read training settings"),
+    (["recipes", "demo"], 0, "deeplabv3plus"),
+])  # fmt: skip
+def test_python_m_segflow_keeps_the_exit_status_and_every_line(arguments, code, text, tmp_path):
+    """`python -m segflow train` skips the interpreter's teardown (segflow/__main__.py): its
+    status and output, to a file as the pipeline captures it, are those of any other command."""
+    with open(tmp_path / "log", "w") as log:
+        finished = subprocess.run([sys.executable, "-m", "segflow", *arguments], stdout=log, stderr=subprocess.STDOUT, timeout=120)
+    assert finished.returncode == code
+    assert text in (tmp_path / "log").read_text()

@@ -412,3 +412,42 @@ def test_relay_passes_complete_lines_once_and_keeps_a_partial_line(tmp_path):
         stream.write(b"ss 0.5\n")
     _relay(log, offset, lines.append)
     assert lines == ["epoch 1/2: loss 1.0", "epoch 2/2: loss 0.5"]
+
+
+def test_the_best_checkpoint_links_the_epoch_ends_weights_instead_of_saving_them_again(tmp_path):
+    """An epoch end whose step checkpoint was just written gets `best/` holding that very file
+    (one inode), with its own state and checksums; it stays intact after the step is pruned. When
+    the epoch end has no step checkpoint of this session, the weights are saved."""
+    import keras
+
+    from segflow.checkpoints import WEIGHTS_FILE, copy_checkpoint, read_state, verify_checkpoint
+    from segflow.train import StepCheckpointer
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    directory = tmp_path / "checkpoints"
+    checkpointer = StepCheckpointer(directory, every_steps=5, start_step=0, steps_per_epoch=5, best_miou=None)
+    checkpointer.set_model(model)
+    for step in range(5):
+        checkpointer.on_train_batch_end(step, {"loss": 1.0})
+    checkpointer.on_epoch_end(0, {"val_miou": 0.5})
+    best, step_5 = directory / "best", directory / "step-000000005"
+    assert (best / WEIGHTS_FILE).samefile(step_5 / WEIGHTS_FILE)
+    assert verify_checkpoint(best) is None and read_state(best)["val_miou"] == 0.5 and read_state(best)["step"] == 5
+    assert "val_miou" not in read_state(step_5)
+
+    for epoch in (1, 2):
+        for step in range(5):
+            checkpointer.on_train_batch_end(step, {"loss": 1.0})
+        checkpointer.on_epoch_end(epoch, {"val_miou": 0.4})  # not better: best/ stays at step 5
+    assert not step_5.exists() and verify_checkpoint(best) is None and read_state(best)["step"] == 5
+
+    resumed = StepCheckpointer(directory, every_steps=1000, start_step=15, steps_per_epoch=5, best_miou=0.5)
+    resumed.set_model(model)
+    resumed.consider_best(0.6)  # nothing saved at step 15 in this session: the weights are written
+    assert not (best / WEIGHTS_FILE).samefile(directory / "step-000000015" / WEIGHTS_FILE)
+    assert verify_checkpoint(best) is None and read_state(best)["val_miou"] == 0.6
+
+    copied = copy_checkpoint(best, directory, "copy", {"step": 15})
+    assert verify_checkpoint(copied) is None and read_state(copied) == {"step": 15}
