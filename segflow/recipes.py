@@ -161,7 +161,8 @@ DEMO_ARCHITECTURES: dict[str, dict[str, tuple[Any, str]]] = {
     "icnet": {
         "learning_rate": (1e-2, _DEMO_RUNS + "lr 1e-2"),
         "scale_range": ((1.0, 1.0), _DEMO_RUNS + "no random scaling learns faster on 64×128 images"),
-        "steps_per_epoch": (40, _DEMO_RUNS + "0.278 after 120 steps"),
+        "steps_per_epoch": (80, _DEMO_RUNS + "0.310 after 240 steps (0.286 after 180, 0.275 after 120): "
+                                "its steps are the cheapest of the five (0.14 s on one core)"),
     },
     "resnet": {
         "learning_rate": (1e-2, _DEMO_RUNS + "lr 1e-2"),

@@ -250,7 +250,7 @@ def test_training_slots_come_from_prefect_and_each_child_sees_its_own_gpus(prefe
 
 
 def test_a_machines_trainings_start_costliest_first_as_slots_free(prefect_harness, tmp_path, monkeypatch):
-    """The demo's recipe: SegNet 160 steps, ICNet 120, U-Net 60, two at a time: U-Net, asked
+    """The demo's recipe: ICNet 240 steps, SegNet 160, U-Net 60, two at a time: U-Net, asked
     first, starts last, once one of the others has ended; the results keep the order asked."""
     from prefect import flow, task
 

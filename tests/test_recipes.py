@@ -132,7 +132,7 @@ def test_bad_overrides_are_refused_naming_the_architecture_and_setting(overrides
 DEMO_MEASURED = {
     "unet": (3e-3, (0.5, 2.0), 60),
     "segnet": (3e-3, (1.0, 1.0), 160),
-    "icnet": (1e-2, (1.0, 1.0), 120),
+    "icnet": (1e-2, (1.0, 1.0), 240),
     "resnet": (1e-2, (1.0, 1.0), 180),
     "deeplabv3plus": (1e-2, (1.0, 1.0), 80),
 }
