@@ -93,7 +93,9 @@ def copy_checkpoint(source: Path, directory: Path, name: str, state: dict) -> Pa
     with atomic.staging_dir(target, what=f"checkpoint {name}", needed_bytes=needed) as staging:
         try:
             os.link(weights, staging / WEIGHTS_FILE)
-        except OSError:
+        except FileNotFoundError:
+            raise
+        except OSError:  # no hard links here (another file system, a link limit, no permission)
             shutil.copyfile(weights, staging / WEIGHTS_FILE)
         atomic.write_json(staging / STATE_FILE, state)
         digests = {WEIGHTS_FILE: json.loads((Path(source) / CHECKSUM_FILE).read_text())[WEIGHTS_FILE],

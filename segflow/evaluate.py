@@ -11,6 +11,7 @@ trained on smaller images is judged on every labelled pixel. `segflow predict` u
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -138,7 +139,8 @@ def evaluate_model(
     evaluated resolution, LATENCY_RUNS repeats), `images_per_second_p25_p75` and
     `latency_ms_p25_p75` (the spread of the repeats: each batch, each batch-1 run), `input_size`,
     `evaluated_size`, `params`, `gflops` (per image at the model's input size; convolutions and
-    dense layers, 2 FLOPs per multiply-add).
+    dense layers, 2 FLOPs per multiply-add), `model_sha256` (of the `model_path` file; None if it
+    is not a local file).
     """
     from segflow import input_pipeline
     from segflow.metrics import ConfusionMatrix, summarize, write_metrics
@@ -194,13 +196,26 @@ def evaluate_model(
         },
         "params": int(model.count_params()),
         "gflops": gflops(model),
+        "model_sha256": _sha256(model_path),
     }
     write_metrics(metrics, Path(out_dir) / METRICS_FILE)
     if samples:  # the report's tiles, with the predictor already traced
         from segflow.report.samples import write_samples
 
-        write_samples(out_dir, records_dir, predictor, samples)
+        write_samples(out_dir, records_dir, predictor, samples, model_sha256=metrics["model_sha256"])
     return metrics
+
+
+def _sha256(path: str | os.PathLike) -> str | None:
+    """The model file's sha256 (None when it is not a local file): ties metrics.json and the
+    sample tiles to the model they came from."""
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(2**23):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _latencies_ms(predictor, image, output_size, runs: int = LATENCY_RUNS) -> np.ndarray:

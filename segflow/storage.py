@@ -290,6 +290,13 @@ def list_files(uri: str, *, endpoint_url: str | None = None) -> list[str]:
     return sorted(names)
 
 
+def is_plain_relative(name: str) -> bool:
+    """True for a relative file path of `list_files` that stays inside its folder: no empty, `.`
+    or `..` part, not absolute, not a folder marker ending in "/" (S3 keys can be any of these)."""
+    parts = name.split("/")
+    return bool(name) and all(part not in ("", ".", "..") for part in parts)
+
+
 def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
     """True for an existing file, or a folder / prefix holding at least one file."""
     if not is_s3(uri):

@@ -628,7 +628,8 @@ class StepCheckpointer(keras.callbacks.Callback):
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_miou = miou
             state = {**self._state(), "val_miou": miou}
-            if self.saved_path is not None and self.saved_step == self.step:  # the same weights
+            linkable = self.saved_path is not None and (self.saved_path / checkpoints.WEIGHTS_FILE).is_file()
+            if linkable and self.saved_step == self.step:  # the same weights
                 path = checkpoints.copy_checkpoint(self.saved_path, self.directory, checkpoints.BEST_DIR, state)
             else:
                 _check_finite_weights(self.model, self.step)

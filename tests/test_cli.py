@@ -42,6 +42,7 @@ def test_a_user_error_is_one_line_and_exit_code_1(tmp_path):
 @pytest.mark.parametrize(("arguments", "code", "text"), [
     (["train", "--config", "/no/such/config.json", "--records", "/tmp", "--out", "/tmp/never"], 1, "Error: cannot read training settings"),
     (["recipes", "demo"], 0, "deeplabv3plus"),
+    (["train", "--help"], 0, "Example: segflow train"),  # ends through segflow/__main__.py's os._exit
 ])  # fmt: skip
 def test_python_m_segflow_keeps_the_exit_status_and_every_line(arguments, code, text, tmp_path):
     """`python -m segflow train` skips the interpreter's teardown (segflow/__main__.py): its

@@ -88,14 +88,49 @@ def test_checkpoints_move_between_keras_and_the_kernels(tmp_path):
         np.testing.assert_array_equal(np.asarray(have), np.asarray(want))
 
 
-def test_under_a_distribution_strategy_keras_update_runs():
-    """MirroredStrategy updates each replica's copy; the kernels are not used there, and the result
-    is still Keras'."""
+def _kernels_unavailable(monkeypatch):
+    def refuse(**_):
+        raise AssertionError("a TensorFlow kernel was used where Keras' update must run")
+
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyAdam", refuse)
+    monkeypatch.setattr(tf.raw_ops, "ResourceApplyKerasMomentum", refuse)
+
+
+def test_under_a_distribution_strategy_keras_update_runs(monkeypatch):
+    """MirroredStrategy updates each replica's copy: the kernels are not used there (they would
+    raise here), and the result is still Keras'."""
     expected = _train(keras.optimizers.AdamW(_schedule(), weight_decay=0.05))
+    _kernels_unavailable(monkeypatch)
     with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
         got = _train(optimizers.AdamW(_schedule(), weight_decay=0.05))
     for want, have in zip(expected.trainable_variables, got.trainable_variables):
         np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arguments", [{"amsgrad": True}, {"use_ema": True}, {"gradient_accumulation_steps": 2}])
+def test_options_without_a_kernel_take_keras_update(arguments, monkeypatch):
+    expected = _train(keras.optimizers.AdamW(_schedule(), weight_decay=0.05, **arguments))
+    _kernels_unavailable(monkeypatch)
+    got = _train(optimizers.AdamW(_schedule(), weight_decay=0.05, **arguments))
+    for want, have in zip(expected.trainable_variables, got.trainable_variables):
+        np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_loss_scaling_wraps_the_kernels():
+    """Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer; the inner one still
+    updates the float32 variables with the kernels and gives Keras' result."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        expected = _train(keras.optimizers.LossScaleOptimizer(keras.optimizers.AdamW(_schedule(), weight_decay=0.05)))
+        got = _train(keras.optimizers.LossScaleOptimizer(optimizers.AdamW(_schedule(), weight_decay=0.05)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for want, have in zip(expected.trainable_variables, got.trainable_variables):
+        # float16 activations: rounding moves the weights by ~1e-4; a wrong update moves them by
+        # about the learning rate (0.05 per step).
+        np.testing.assert_allclose(np.asarray(have), np.asarray(want), rtol=1e-2, atol=1e-3)
+    # The same updates applied (loss scaling may skip a step with non-finite gradients in both).
+    assert int(got.optimizer.iterations) == int(expected.optimizer.iterations) > 0
 
 
 def test_saved_and_loaded_by_name():

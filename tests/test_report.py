@@ -294,6 +294,19 @@ def test_the_models_run_when_tiles_are_missing_or_other_images_are_asked(run_dir
         return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
 
     assert not first_unet_tile().any()  # the stored (blanked) tile
+    # Tiles of another model than the one metrics.json scored (retrained since) are not shown.
+    index_path = run / "unet" / "samples" / "samples.json"
+    written_index = index_path.read_text()
+    index_path.write_text(json.dumps({**json.loads(written_index), "model_sha256": "0" * 64}))
+    assert (first_unet_tile() == written).all(axis=-1).mean() > 0.99
+    index_path.write_text(written_index)
+    # Nor next to another dataset's image of the same name.
+    segnet_image = run / "segnet" / "samples" / "image-0.png"
+    written_image = segnet_image.read_bytes()
+    segnet_image.write_bytes(blank.getvalue())
+    assert (first_unet_tile() == written).all(axis=-1).mean() > 0.99
+    segnet_image.write_bytes(written_image)
+    assert not first_unet_tile().any()
     records = json.loads((run / "run.json").read_text())["data"]["records_dir"]
     assert (first_unet_tile(records_dir=records) == written).all(axis=-1).mean() > 0.99
     shutil.rmtree(run / "segnet" / "samples")

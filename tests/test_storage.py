@@ -354,3 +354,14 @@ def test_publish_leaves_out_the_checkpoint_folders_it_is_told_to(store, tmp_path
     assert storage.list_files(run_uri) == ["manifest.json", "report/report.html", "unet/history.json", "unet/model.keras"]
     assert storage.read_json(storage.join(run_uri, "manifest.json"))["files"] == [
         "report/report.html", "unet/history.json", "unet/model.keras"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "plain"), [
+    ("metrics.json", True), ("samples/prediction-0.png", True), ("unet/samples/samples.json", True),
+    ("samples/", False), ("samples/../../escape", False), ("../metrics.json", False), ("/etc/passwd", False),
+    ("a//b", False), ("./a", False), ("", False),
+])  # fmt: skip
+def test_only_plain_relative_names_are_fetched_into_a_folder(name, plain):
+    """S3 keys can hold `..`, empty parts or a trailing "/" (a folder marker): downloading such a
+    key by its name would write outside the target folder or a file where a folder belongs."""
+    assert storage.is_plain_relative(name) is plain

@@ -3,6 +3,7 @@ under MirroredStrategy and with ICNet's cascade losses."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,6 +449,12 @@ def test_the_best_checkpoint_links_the_epoch_ends_weights_instead_of_saving_them
     resumed.consider_best(0.6)  # nothing saved at step 15 in this session: the weights are written
     assert not (best / WEIGHTS_FILE).samefile(directory / "step-000000015" / WEIGHTS_FILE)
     assert verify_checkpoint(best) is None and read_state(best)["val_miou"] == 0.6
+
+    # The checkpoint to link was pruned meanwhile (damaged newer ones kept): the weights are saved.
+    checkpointer.saved_step = checkpointer.step
+    shutil.rmtree(checkpointer.saved_path)
+    checkpointer.consider_best(0.7)
+    assert verify_checkpoint(best) is None and read_state(best)["val_miou"] == 0.7
 
     copied = copy_checkpoint(best, directory, "copy", {"step": 15})
     assert verify_checkpoint(copied) is None and read_state(copied) == {"step": 15}

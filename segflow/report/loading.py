@@ -84,7 +84,7 @@ def local_run_folder(runs: str | os.PathLike) -> Iterator[tuple[Path, Callable[[
         for name in names:
             parts = name.split("/")
             small = len(parts) <= 2 and parts[-1] in wanted
-            if small or _is_sample_tile(parts):
+            if storage.is_plain_relative(name) and (small or _is_sample_tile(parts)):
                 storage.download_file(storage.join(str(runs), name), run_dir / name)
 
         def fetch_model(uri: str) -> Path:

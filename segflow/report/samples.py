@@ -84,15 +84,17 @@ def sample_predictions(
 
 
 def write_samples(out_dir: str | os.PathLike, records_dir: str | os.PathLike, predictor,
-                  num_samples: int = NUM_SAMPLES) -> Path | None:  # fmt: skip
+                  num_samples: int = NUM_SAMPLES, *, model_sha256: str | None = None) -> Path | None:  # fmt: skip
     """Write `predictor`'s trainIds for the first `num_samples` val records of `records_dir` as
     the report's tiles, into `out_dir/samples/` (replacing an older folder atomically).
 
     `predictor`: `segflow.evaluate.make_predictor` of the model (batch, H, W, 3) float32 →
     (batch, h, w) trainIds. Files: `image-{i}.png` (RGB), `ground-truth-{i}.png` and
     `prediction-{i}.png` (trainId colours), each at most SAMPLE_WIDTH wide, and `samples.json`
-    `{"source": records_dir, "asked": num_samples, "images": [{"name", "image", "ground_truth",
-    "prediction"}]}` (fewer images than asked when the split has fewer).
+    `{"source": records_dir, "asked": num_samples, "model_sha256", "images": [{"name", "image",
+    "ground_truth", "prediction"}]}` (fewer images than asked when the split has fewer;
+    `model_sha256` of the model file, which metrics.json holds too: the report uses the tiles only
+    when the two agree).
     Returns the folder, or None when the records hold no val example.
     """
     examples = _records_examples(Path(records_dir), num_samples)
@@ -109,20 +111,23 @@ def write_samples(out_dir: str | os.PathLike, records_dir: str | os.PathLike, pr
             (staging / files["ground_truth"]).write_bytes(plots.array_png(colorize(label), SAMPLE_WIDTH, nearest=True))
             (staging / files["prediction"]).write_bytes(plots.array_png(colorize(prediction), SAMPLE_WIDTH, nearest=True))
             index.append({"name": name, **files})
-        written = {"source": str(records_dir), "asked": num_samples, "images": index}
+        written = {"source": str(records_dir), "asked": num_samples, "model_sha256": model_sha256, "images": index}
         (staging / SAMPLES_FILE).write_text(json.dumps(written, indent=2) + "\n")
     return target
 
 
 def _stored_samples(models: list[ArchitectureResult], num_samples: int) -> dict | None:
-    """`sample_predictions`' fields from the tiles evaluation wrote, when every model has them for
-    the same first `num_samples` images; else None (then the models run here)."""
+    """`sample_predictions`' fields from the tiles evaluation wrote, when every model has them, of
+    the model its metrics.json scored (the same `model_sha256`), for the same first `num_samples`
+    images (the same image and ground-truth tiles); else None (then the models run here)."""
     entries = {}
     for arch in models:
         index = _read_index(arch.samples_dir) if arch.samples_dir else None
         # Fewer images than asked are enough when the split had no more (`asked` covered them).
         if index is None or (len(index["images"]) < num_samples and index.get("asked", 0) < num_samples):
             return None
+        if not index.get("model_sha256") or index["model_sha256"] != (arch.metrics or {}).get("model_sha256"):
+            return None  # tiles of another model than the one scored (retrained or re-evaluated since)
         entries[arch.name] = index["images"][:num_samples]
     first = next(iter(entries))
     try:
@@ -139,6 +144,11 @@ def _stored_samples(models: list[ArchitectureResult], num_samples: int) -> dict 
             }
             for number, entry in enumerate(entries[first])
         ]
+        for name, images in entries.items():  # the same images: not only the same names
+            for row, entry in zip(rows, images):
+                if (_tile(folders[name], entry["image"]), _tile(folders[name], entry["ground_truth"])) != (
+                        row["image"], row["ground_truth"]):  # fmt: skip
+                    return None
     except (OSError, KeyError, TypeError):
         return None  # a tile missing or an index not as written
     return {"source": _read_index(folders[first]).get("source"), "images": names, "rows": rows}

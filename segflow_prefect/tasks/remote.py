@@ -42,6 +42,8 @@ def download_files(uri: str, names: list[str], local_dir: str) -> str:
     checkpoints or model."""
     folders = tuple(name for name in names if name.endswith("/"))
     for name in storage.list_files(uri):
+        if not storage.is_plain_relative(name):
+            continue  # a key that would land outside local_dir, or a folder marker
         if name in names or name.startswith(folders):
             storage.download_file(storage.join(uri, name), Path(local_dir) / name)
     return local_dir
