@@ -18,7 +18,6 @@ checksum file goes last) is skipped by `find_resumable` in favour of the newest 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from segflow import atomic
+from segflow.digests import file_sha256
 from segflow.errors import SegflowError
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) stay out of processes that only read checkpoints
@@ -113,11 +113,7 @@ def estimated_size(model: keras.Model) -> int:
 
 
 def _file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 * MiB):
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "size": path.stat().st_size}
+    return {"sha256": file_sha256(path), "size": path.stat().st_size}
 
 
 def verify_checkpoint(checkpoint: Path) -> str | None:

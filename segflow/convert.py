@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from segflow import atomic, layout
+from segflow.digests import file_sha256
 from segflow.cityscapes import CLASS_NAMES, LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, SPLITS, VALID_LABEL_IDS
 from segflow.errors import SegflowError
 from segflow.layout import Problem, Sample
@@ -167,7 +168,7 @@ def verify_records(records_dir: str | os.PathLike, splits: tuple[str, ...] | Non
             size = path.stat().st_size
             if size != shard["bytes"]:
                 problems.append(f"{shard['name']} has {size} bytes, the manifest says {shard['bytes']}")
-            elif hashed and _file_sha256(path) != shard["sha256"]:
+            elif hashed and file_sha256(path) != shard["sha256"]:
                 problems.append(f"{shard['name']} has changed (its sha256 differs from the manifest's)")
     if problems:
         raise SegflowError(
@@ -175,14 +176,6 @@ def verify_records(records_dir: str | os.PathLike, splits: tuple[str, ...] | Non
             " run `segflow convert` again"
         )
     return manifest
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def summary(manifest: dict, out_dir: str | Path) -> str:

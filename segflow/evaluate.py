@@ -11,13 +11,13 @@ trained on smaller images is judged on every labelled pixel. `segflow predict` u
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from segflow.digests import file_sha256
 from segflow.errors import SegflowError
 from segflow.run_files import METRICS_FILE, MODEL_FILE
 
@@ -196,7 +196,8 @@ def evaluate_model(
         },
         "params": int(model.count_params()),
         "gflops": gflops(model),
-        "model_sha256": _sha256(model_path),
+        # Ties metrics.json and the sample tiles to the model file they came from.
+        "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else None,
     }
     write_metrics(metrics, Path(out_dir) / METRICS_FILE)
     if samples:  # the report's tiles, with the predictor already traced
@@ -204,18 +205,6 @@ def evaluate_model(
 
         write_samples(out_dir, records_dir, predictor, samples, model_sha256=metrics["model_sha256"])
     return metrics
-
-
-def _sha256(path: str | os.PathLike) -> str | None:
-    """The model file's sha256 (None when it is not a local file): ties metrics.json and the
-    sample tiles to the model they came from."""
-    if not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(2**23):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _latencies_ms(predictor, image, output_size, runs: int = LATENCY_RUNS) -> np.ndarray:
