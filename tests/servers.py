@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import urllib3
+
 
 def tool(name: str) -> str:
     """A command installed next to this Python (the project's venv), else on PATH."""
@@ -66,23 +68,41 @@ PIPELINE_FLOW = "cityscapes-pipeline"
 DEPLOYMENTS = ("pipeline", "nightly")
 
 
+class ApiError(Exception):
+    """The Prefect API answered `status` (4xx or 5xx) with `body`."""
+
+    def __init__(self, url: str, status: int, body: str):
+        super().__init__(f"{url}: HTTP {status}: {body[:500]}")
+        self.status, self.body = status, body
+
+
+# What Prefect's own client retries (prefect.client.base.PrefectHttpxAsyncClient.send): 503 is the
+# server's answer when its SQLite database is locked by another writer, as it is while workers,
+# runners and flow runs write states on a busy machine (a create_flow_run failed so in CI).
+_PREFECT_RETRIES = urllib3.Retry(
+    total=8, backoff_factor=0.25, status_forcelist=(408, 429, 502, 503), allowed_methods=None, raise_on_status=False
+)
+_http = urllib3.PoolManager(retries=_PREFECT_RETRIES, timeout=urllib3.Timeout(total=10))
+
+
 def api_json(url: str, body: dict | None = None) -> dict | list:
-    """GET `url` (or POST `body` to it) and decode the JSON answer."""
-    request = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)
+    """GET `url` (or POST `body` to it) and decode the JSON answer, retrying what Prefect's client
+    retries (up to 8 times, about a minute in all).
+
+    Raises:
+        ApiError: any other 4xx or 5xx answer, or a retried one still failing.
+    """
+    response = _http.request("GET" if body is None else "POST", url, json=body)
+    if response.status >= 400:
+        raise ApiError(url, response.status, response.data.decode(errors="replace"))
+    return response.json()
 
 
 def read_deployment(api: str, name: str) -> dict | None:
     try:
         return api_json(f"{api}/deployments/name/{PIPELINE_FLOW}/{name}")
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
+    except ApiError as error:
+        if error.status == 404:
             return None
         raise
 

@@ -15,7 +15,6 @@ import re
 import subprocess
 import time
 import typing
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from docker_images import build_image, docker_tests, run
-from servers import free_port, stop, tool, wait_for_http
+from servers import ApiError, api_json, free_port, stop, tool, wait_for_http
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -434,8 +433,7 @@ def start_creating_pool(name: str, pool_type: str, template: Path, env: dict) ->
 
 
 def read_pool(api: str, name: str) -> dict:
-    with urllib.request.urlopen(f"{api}/work_pools/{name}", timeout=10) as response:
-        return json.load(response)
+    return api_json(f"{api}/work_pools/{name}")
 
 
 def render(job_configuration_class, template: dict, values: dict, api: str):
@@ -473,15 +471,9 @@ def test_prefect_server_accepts_the_work_pools_and_workers_render_them(prefect_a
     broken = json.loads(POOL_TEMPLATES["segflow-gpu-k8s"].read_text())
     pod = broken["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "{{ gpu_counts }}"
-    request = urllib.request.Request(
-        f"{api}/work_pools/",
-        data=json.dumps({"name": "broken", "type": "kubernetes", "base_job_template": broken}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)
-    assert refused.value.code == 422 and "gpu_counts" in refused.value.read().decode()
+    with pytest.raises(ApiError) as refused:
+        api_json(f"{api}/work_pools/", {"name": "broken", "type": "kubernetes", "base_job_template": broken})
+    assert refused.value.status == 422 and "gpu_counts" in refused.value.body
 
     # Docker GPU pool: by default every flow run reserves one NVIDIA GPU ...
     gpu_template = read_pool(api, "segflow-gpu")["base_job_template"]
