@@ -93,8 +93,6 @@ def copy_checkpoint(source: Path, directory: Path, name: str, state: dict) -> Pa
     with atomic.staging_dir(target, what=f"checkpoint {name}", needed_bytes=needed) as staging:
         try:
             os.link(weights, staging / WEIGHTS_FILE)
-        except FileNotFoundError:
-            raise
         except OSError:  # no hard links here (another file system, a link limit, no permission)
             shutil.copyfile(weights, staging / WEIGHTS_FILE)
         atomic.write_json(staging / STATE_FILE, state)

@@ -293,8 +293,7 @@ def list_files(uri: str, *, endpoint_url: str | None = None) -> list[str]:
 def is_plain_relative(name: str) -> bool:
     """True for a relative file path of `list_files` that stays inside its folder: no empty, `.`
     or `..` part, not absolute, not a folder marker ending in "/" (S3 keys can be any of these)."""
-    parts = name.split("/")
-    return bool(name) and all(part not in ("", ".", "..") for part in parts)
+    return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def exists(uri: str, *, endpoint_url: str | None = None) -> bool:

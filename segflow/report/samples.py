@@ -120,7 +120,7 @@ def _stored_samples(models: list[ArchitectureResult], num_samples: int) -> dict 
     """`sample_predictions`' fields from the tiles evaluation wrote, when every model has them, of
     the model its metrics.json scored (the same `model_sha256`), for the same first `num_samples`
     images (the same image and ground-truth tiles); else None (then the models run here)."""
-    indexes = {}
+    indexed = []  # (architecture, its samples.json)
     for arch in models:
         index = _read_index(arch.samples_dir) if arch.samples_dir else None
         # Fewer images than asked are enough when the split had no more (`asked` covered them).
@@ -128,24 +128,24 @@ def _stored_samples(models: list[ArchitectureResult], num_samples: int) -> dict 
             return None
         if not index.get("model_sha256") or index["model_sha256"] != (arch.metrics or {}).get("model_sha256"):
             return None  # tiles of another model than the one scored (retrained or re-evaluated since)
-        indexes[arch.name] = index
-    if len({len(index["images"][:num_samples]) for index in indexes.values()}) != 1:
+        indexed.append((arch, index))
+    if len({len(index["images"][:num_samples]) for _, index in indexed}) != 1:
         return None  # not the same images
-    folders = {arch.name: arch.samples_dir for arch in models}
     rows = []
     try:
-        for name, index in indexes.items():
+        for arch, index in indexed:
+            folder = arch.samples_dir
             for number, entry in enumerate(index["images"][:num_samples]):
-                shown = (entry["name"], _tile(folders[name], entry["image"]), _tile(folders[name], entry["ground_truth"]))
+                shown = (entry["name"], _tile(folder, entry["image"]), _tile(folder, entry["ground_truth"]))
                 if number == len(rows):  # the first architecture gives each row its image
                     rows.append({"name": shown[0], "image": shown[1], "ground_truth": shown[2], "predictions": {}})
                 elif shown != (rows[number]["name"], rows[number]["image"], rows[number]["ground_truth"]):
                     return None  # another image (or another dataset's image of the same name)
-                rows[number]["predictions"][name] = _tile(folders[name], entry["prediction"])
+                rows[number]["predictions"][arch.name] = _tile(folder, entry["prediction"])
     except (OSError, KeyError, TypeError):
         return None  # a tile missing or an index not as written
-    first = next(iter(indexes.values()))
-    return {"source": first.get("source"), "images": [row["name"] for row in rows], "rows": rows}
+    source = indexed[0][1].get("source")
+    return {"source": source, "images": [row["name"] for row in rows], "rows": rows}
 
 
 def _tile(folder: Path, name: str) -> bytes:
